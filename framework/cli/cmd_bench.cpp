@@ -1,0 +1,140 @@
+// collage bench unet: one UNet evaluation at a real model's size with random weights, timed against a large
+// matmul measured in the same run (the ratio is what is comparable across machines).
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "cli/common.h"
+#include "core/core.h"
+#include "diffusion/pipeline.h"
+#include "models/unet_2d_condition.h"
+
+namespace fs = std::filesystem;
+
+namespace collage::cli {
+
+namespace {
+
+// Peak resident set size (VmHWM) in bytes; reset_peak() starts a new measurement window (Linux clear_refs 5).
+double read_status_bytes(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) return std::stod(line.substr(key.size() + 1)) * 1024.0;
+  return 0;
+}
+void reset_peak() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Best GFLOPS of an n x n float32 matmul over a few repetitions.
+double matmul_gflops(int64_t n, const at::Device& device) {
+  auto a = at::randn({n, n}, at::TensorOptions().device(device));
+  auto b = at::randn({n, n}, at::TensorOptions().device(device));
+  auto c = at::mm(a, b);
+  synchronize(device);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    const double t0 = now_seconds();
+    at::mm_out(c, a, b);
+    synchronize(device);
+    best = std::min(best, now_seconds() - t0);
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+std::string resolve_config(const std::string& name) {
+  if (fs::exists(name)) return fs::is_directory(name) ? (fs::path(name) / "config.json").string() : name;
+  std::string sub;
+  if (name == "sd15") sub = "stable-diffusion-v1-5";
+  else if (name == "sd21") sub = "stable-diffusion-2-1";
+  else throw Error("unknown config (use sd15, sd21 or a path to a UNet config.json)", "", "--config");
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  std::vector<fs::path> roots{fs::current_path()};
+  if (n > 0) roots.push_back(fs::path(std::string(buf, n)).parent_path().parent_path());
+  for (const auto& r : roots) {
+    auto p = r / "assets" / "configs" / sub / "unet" / "config.json";
+    if (fs::exists(p)) return p.string();
+  }
+  throw Error("cannot find assets/configs/" + sub + "/unet/config.json (run from the checkout)", "", "--config");
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, GlobalOptions& global) {
+  auto* bench = app.add_subcommand("bench", "benchmarks");
+  bench->require_subcommand(1);
+  struct Args {
+    std::string config = "sd15";
+    int64_t latent = 64, batch = 2, repeat = 2, tokens = 77, matmul = 2048;
+  };
+  auto a = std::make_shared<Args>();
+  auto* unet = bench->add_subcommand("unet", "time one UNet evaluation with random weights from a real config");
+  unet->add_option("--config", a->config, "sd15, sd21 or a UNet config.json")->capture_default_str();
+  unet->add_option("--latent", a->latent, "latent side (64 = 512x512 images)")->capture_default_str();
+  unet->add_option("--batch", a->batch, "batch (2 = one image with classifier-free guidance)")->capture_default_str();
+  unet->add_option("--repeat", a->repeat, "timed evaluations after one warm-up")->capture_default_str();
+  unet->add_option("--matmul", a->matmul, "side of the reference float32 matmul")->capture_default_str();
+  unet->callback([a, &global] {
+    apply_runtime(global);
+    torch::NoGradGuard no_grad;
+    const auto device = parse_device(global.device);
+    const auto dtype = parse_dtype(global.dtype, device);
+    const auto path = resolve_config(a->config);
+    auto config = UNet2DConditionConfig::from_json_file(path);
+    std::cout << fmt::format("device {}, dtype {}, {} threads\n", device.str(), c10::toString(dtype),
+                             at::get_num_threads());
+    const double mm = matmul_gflops(a->matmul, device);
+    std::cout << fmt::format("matmul {}x{} float32: {:.1f} GFLOPS\n", a->matmul, a->matmul, mm);
+
+    double t0 = now_seconds();
+    auto model = std::make_shared<UNet2DConditionModelImpl>(config);
+    model->to(device, dtype);
+    model->eval();
+    int64_t params = 0;
+    for (const auto& p : model->parameters()) params += p.numel();
+    std::cout << fmt::format("UNet from {}: {:.1f} M parameters, built in {:.1f} s\n", path, params / 1e6,
+                             now_seconds() - t0);
+
+    const auto opts = at::TensorOptions().dtype(dtype).device(device);
+    auto sample = at::randn({a->batch, config.in_channels, a->latent, a->latent}, opts);
+    auto context = at::randn({a->batch, a->tokens, config.cross_attention_dim}, opts);
+    auto timestep = at::scalar_tensor(500.0, at::TensorOptions().device(device));
+    const double flops = unet_flops(config, a->batch, a->latent, a->latent, a->tokens);
+    const double rss_before = read_status_bytes("VmRSS");
+    reset_peak();
+    t0 = now_seconds();
+    auto out = model->forward(sample, timestep, context);
+    synchronize(device);
+    const double warm = now_seconds() - t0;
+    COLLAGE_CHECK(at::isfinite(out).all().item<bool>(), "UNet output has non-finite values");
+    double best = warm, total = 0;
+    for (int64_t i = 0; i < a->repeat; ++i) {
+      t0 = now_seconds();
+      out = model->forward(sample, timestep, context);
+      synchronize(device);
+      const double s = now_seconds() - t0;
+      best = std::min(best, s);
+      total += s;
+    }
+    const double peak = read_status_bytes("VmHWM");
+    const double gflops = flops / best / 1e9;
+    std::cout << fmt::format("UNet eval: batch {}, latent {}x{}, {:.1f} GFLOP\n", a->batch, a->latent, a->latent,
+                             flops / 1e9);
+    std::cout << fmt::format("  warm-up {:.2f} s; best of {} {:.2f} s (mean {:.2f} s)\n", warm, a->repeat, best,
+                             a->repeat ? total / a->repeat : warm);
+    std::cout << fmt::format("  achieved {:.1f} GFLOPS = {:.1f} % of the matmul throughput\n", gflops,
+                             100.0 * gflops / mm);
+    if (device.is_cpu())
+      std::cout << fmt::format("  peak RSS during evaluation {:.2f} GB (weights and inputs resident before: {:.2f} GB)\n",
+                               peak / 1e9, rss_before / 1e9);
+  });
+}
+
+}  // namespace collage::cli

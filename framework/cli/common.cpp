@@ -1,0 +1,86 @@
+#include "cli/common.h"
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "core/error.h"
+
+namespace collage::cli {
+
+void apply_runtime(const GlobalOptions& options) {
+  int threads = options.threads;
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  at::globalContext().setFlushDenormal(true);
+}
+
+std::vector<uint64_t> parse_seeds(const std::string& text) {
+  std::vector<uint64_t> seeds;
+  std::stringstream ss(text);
+  std::string part;
+  try {
+    while (std::getline(ss, part, ',')) {
+      if (part.empty()) continue;
+      const auto dash = part.find('-', 1);
+      if (dash == std::string::npos) {
+        seeds.push_back(std::stoull(part));
+      } else {
+        const auto a = std::stoull(part.substr(0, dash)), b = std::stoull(part.substr(dash + 1));
+        COLLAGE_CHECK_AT(a <= b && b - a < 100000, "", "--seeds", "bad seed range '{}'", part);
+        for (auto s = a; s <= b; ++s) seeds.push_back(s);
+      }
+    }
+  } catch (const std::logic_error&) {
+    throw Error(fmt::format("cannot parse '{}' (use e.g. 7, 1-10 or 1,4,9)", text), "", "--seeds");
+  }
+  COLLAGE_CHECK_AT(!seeds.empty(), "", "--seeds", "no seed given");
+  return seeds;
+}
+
+double now_seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+Progress::Progress(std::string label) : label_(std::move(label)), start_(now_seconds()) {}
+
+void Progress::operator()(int64_t done, int64_t total) {
+  const double elapsed = now_seconds() - start_;
+  const int width = 24;
+  const int filled = total > 0 ? static_cast<int>(width * done / total) : width;
+  const double eta = done > 0 ? elapsed / done * (total - done) : 0;
+  std::cerr << "\r  " << label_ << " " << done << "/" << total << " [" << std::string(filled, '=')
+            << std::string(width - filled, ' ') << "] " << fmt::format("{:.1f} s, ETA {:.1f} s   ", elapsed, eta);
+  if (done == total) std::cerr << "\n";
+  std::cerr.flush();
+}
+
+std::function<void(int64_t, int64_t)> Progress::callback() {
+  return [this](int64_t d, int64_t t) { (*this)(d, t); };
+}
+
+std::string default_model_dir() {
+  // The embedded model ships in the checkout's assets/ folder; find it relative to the binary (build/collage).
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  std::vector<std::filesystem::path> roots{std::filesystem::current_path()};
+  if (n > 0) {
+    buf[n] = 0;
+    auto exe = std::filesystem::path(buf).parent_path();
+    roots.push_back(exe.parent_path());
+    roots.push_back(exe);
+  }
+  for (const auto& root : roots) {
+    auto candidate = root / "assets" / "shapesworld" / "model";
+    if (std::filesystem::exists(candidate / "model_index.json")) return candidate.string();
+  }
+  return {};
+}
+
+}  // namespace collage::cli

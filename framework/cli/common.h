@@ -1,0 +1,48 @@
+// Shared pieces of the CLI subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace collage::cli {
+
+struct GlobalOptions {
+  int threads = 0;          // 0 = all cores
+  std::string device = "cpu";
+  std::string dtype = "auto";
+};
+
+// Applies --threads (all cores by default) and flushes denormals (random or near-converged weights
+// otherwise hit the slow denormal path).
+void apply_runtime(const GlobalOptions& options);
+
+// "7", "1-10", "1,4,9", "1-3,8" -> seeds. Errors name the flag.
+std::vector<uint64_t> parse_seeds(const std::string& text);
+
+// A progress line on stderr: "  label  12/50 [=====>     ] 3.1 s, ETA 9.8 s".
+class Progress {
+ public:
+  explicit Progress(std::string label);
+  void operator()(int64_t done, int64_t total);
+  std::function<void(int64_t, int64_t)> callback();
+
+ private:
+  std::string label_;
+  double start_;
+};
+
+double now_seconds();
+
+// The model a command uses when --model is not given: the embedded default, if the checkout ships it.
+std::string default_model_dir();
+
+// Subcommand registration (one file each).
+void add_generate_commands(CLI::App& app, GlobalOptions& global);
+void add_parity_command(CLI::App& app, GlobalOptions& global);
+void add_bench_command(CLI::App& app, GlobalOptions& global);
+
+}  // namespace collage::cli

@@ -1,0 +1,8 @@
+// Public header of framework/core: errors, safetensors and JSON IO, tensor comparison.
+#pragma once
+
+#include "core/compare.h"
+#include "core/error.h"
+#include "core/image.h"
+#include "core/json.h"
+#include "core/safetensors.h"

@@ -1,0 +1,68 @@
+// Parity checks: this implementation against a folder of reference tensors laid out like
+// shared/golden/ (tokenizer/, text_encoder_sd1/, unet_sd1/, vae/, schedulers/, pipeline/, ...).
+// One implementation serves the `collage parity` CLI and the golden tests.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace collage::parity {
+
+struct CaseResult {
+  std::string component;  // folder name, e.g. "unet_sd1"
+  std::string name;       // case and field, e.g. "b2.out"
+  double max_abs_diff = 0, max_abs_ref = 0, rel = 0;
+  double rtol = 0, atol = 0;
+  bool pass = false;
+  std::string detail;     // why it failed, or what was compared
+};
+
+// Collects results. Tolerances default to the project's rtol 1e-4 / atol 1e-5.
+class Recorder {
+ public:
+  explicit Recorder(std::string component) : component_(std::move(component)) {}
+  // Floating-point comparison: pass when max|got-ref| <= atol + rtol*max|ref|.
+  void tensor(const std::string& name, const at::Tensor& got, const at::Tensor& ref,
+              double rtol = 1e-4, double atol = 1e-5);
+  // Exact equality (token ids, timesteps): detail names the first mismatch.
+  void exact(const std::string& name, bool equal, const std::string& detail = {});
+  // A case that could not be run (exception, missing file): recorded as a failure.
+  void failure(const std::string& name, const std::string& message);
+
+  const std::vector<CaseResult>& results() const { return results_; }
+  std::vector<CaseResult> take() { return std::move(results_); }
+
+ private:
+  std::string component_;
+  std::vector<CaseResult> results_;
+};
+
+// A component checker: given the component folder (e.g. ".../golden/unet_sd1"), fill the recorder.
+using Checker = std::function<void(const std::string& folder, Recorder&)>;
+
+struct ComponentChecker {
+  std::string kind;                               // "tokenizer", "text_encoder", "unet", ...
+  std::function<bool(const std::string&)> claims; // does this folder belong to this checker?
+  Checker check;
+};
+
+// All built-in checkers (explicit list, no static self-registration).
+std::vector<ComponentChecker> builtin_checkers();
+
+// Runs every checker on every sub-folder of `root` it claims. Exceptions inside a checker become
+// failures of that component, never a crash. `progress` (optional) is told each folder as it starts.
+std::vector<CaseResult> run_parity(const std::string& root,
+                                   const std::function<void(const std::string&)>& progress = {});
+
+// Checkers, one per component kind (each in its own .cpp).
+void check_tokenizer(const std::string& folder, Recorder& rec);
+void check_text_encoder(const std::string& folder, Recorder& rec);
+void check_unet(const std::string& folder, Recorder& rec);
+void check_vae(const std::string& folder, Recorder& rec);
+void check_schedulers(const std::string& folder, Recorder& rec);
+void check_pipeline(const std::string& folder, Recorder& rec);
+
+}  // namespace collage::parity

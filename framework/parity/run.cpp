@@ -1,0 +1,56 @@
+#include <filesystem>
+
+#include "core/core.h"
+#include "parity/parity.h"
+
+namespace fs = std::filesystem;
+
+namespace collage::parity {
+
+namespace {
+std::function<bool(const std::string&)> name_starts_with(const std::string& prefix) {
+  return [prefix](const std::string& folder) {
+    return fs::path(folder).filename().string().rfind(prefix, 0) == 0;
+  };
+}
+}  // namespace
+
+std::vector<ComponentChecker> builtin_checkers() {
+  return {
+      {"tokenizer", name_starts_with("tokenizer"), check_tokenizer},
+      {"text_encoder", name_starts_with("text_encoder"), check_text_encoder},
+      {"unet", name_starts_with("unet"), check_unet},
+      {"vae", name_starts_with("vae"), check_vae},
+      {"schedulers", name_starts_with("schedulers"), check_schedulers},
+      {"pipeline", name_starts_with("pipeline"), check_pipeline},
+  };
+}
+
+std::vector<CaseResult> run_parity(const std::string& root, const std::function<void(const std::string&)>& progress) {
+  COLLAGE_CHECK_AT(fs::is_directory(root), root, "", "reference folder not found");
+  std::vector<std::string> folders;
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory()) folders.push_back(entry.path().string());
+  std::sort(folders.begin(), folders.end());
+  std::vector<CaseResult> all;
+  const auto checkers = builtin_checkers();
+  for (const auto& folder : folders) {
+    for (const auto& checker : checkers) {
+      if (!checker.claims(folder)) continue;
+      if (progress) progress(folder);
+      Recorder rec(fs::path(folder).filename().string());
+      try {
+        checker.check(folder, rec);
+      } catch (const std::exception& e) {
+        rec.failure("(checker)", e.what());
+      }
+      if (rec.results().empty()) rec.failure("(checker)", "no case found in this folder");
+      auto results = rec.take();
+      all.insert(all.end(), results.begin(), results.end());
+      break;
+    }
+  }
+  return all;
+}
+
+}  // namespace collage::parity
