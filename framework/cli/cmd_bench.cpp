@@ -1,6 +1,7 @@
 // collage bench unet: one UNet evaluation at a real model's size with random weights, timed against a large
 // matmul measured in the same run (the ratio is what is comparable across machines).
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -73,6 +74,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
   struct Args {
     std::string config = "sd15";
     int64_t latent = 64, batch = 2, repeat = 2, tokens = 77, matmul = 2048;
+    std::string profile;
   };
   auto a = std::make_shared<Args>();
   auto* unet = bench->add_subcommand("unet", "time one UNet evaluation with random weights from a real config");
@@ -81,6 +83,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
   unet->add_option("--batch", a->batch, "batch (2 = one image with classifier-free guidance)")->capture_default_str();
   unet->add_option("--repeat", a->repeat, "timed evaluations after one warm-up")->capture_default_str();
   unet->add_option("--matmul", a->matmul, "side of the reference float32 matmul")->capture_default_str();
+  unet->add_option("--profile", a->profile, "write a Chrome trace of one extra evaluation to this file");
   unet->callback([a, &global] {
     apply_runtime(global);
     torch::NoGradGuard no_grad;
@@ -124,6 +127,10 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
       total += s;
     }
     const double peak = read_status_bytes("VmHWM");
+    if (!a->profile.empty()) {
+      torch::autograd::profiler::RecordProfile guard(a->profile);
+      model->forward(sample, timestep, context);
+    }
     const double gflops = flops / best / 1e9;
     std::cout << fmt::format("UNet eval: batch {}, latent {}x{}, {:.1f} GFLOP\n", a->batch, a->latent, a->latent,
                              flops / 1e9);

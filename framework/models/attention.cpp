@@ -18,14 +18,16 @@ constexpr int64_t kMaxChunkElements = int64_t(1) << 22;
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
   const int64_t BH = B * H;
-  auto qs = (q * scale).reshape({BH, Nq, D});
+  // Scores as diffusers computes them: baddbmm(q, k^T, beta=0, alpha=scale) (scaling inside the GEMM).
+  auto qs = q.reshape({BH, Nq, D});
   auto kt = k.reshape({BH, Nk, D}).transpose(1, 2);
   auto vv = v.reshape({BH, Nk, v.size(3)});
   auto out = at::empty({BH, Nq, v.size(3)}, q.options());
   // Chunk over queries across all heads at once when it fits; otherwise per head.
   int64_t rows = std::max<int64_t>(1, kMaxChunkElements / std::max<int64_t>(1, BH * Nk));
   if (rows >= Nq) {
-    auto s = at::bmm(qs, kt);
+    auto s = at::empty({BH, Nq, Nk}, q.options());
+    at::baddbmm_out(s, s, qs, kt, 0.0, scale);
     at::_softmax_out(s, s, -1, false);
     at::bmm_out(out, s, vv);
     return out.view({B, H, Nq, v.size(3)});
@@ -38,7 +40,7 @@ at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at:
     for (int64_t start = 0; start < Nq; start += rows) {
       const int64_t len = std::min(rows, Nq - start);
       auto s = scores.narrow(0, 0, len);
-      at::mm_out(s, q_bh.narrow(0, start, len), k_bh);
+      at::addmm_out(s, s, q_bh.narrow(0, start, len), k_bh, 0.0, scale);
       at::_softmax_out(s, s, -1, false);
       auto o = o_bh.narrow(0, start, len);
       at::mm_out(o, s, v_bh);
@@ -54,7 +56,10 @@ at::Tensor AttnProcessor::attend(const at::Tensor& q, const at::Tensor& k, const
 
 at::Tensor ScoreHookProcessor::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       double scale, const AttnContext& ctx) {
-  auto scores = at::matmul(q * scale, k.transpose(-1, -2));  // (B, H, Nq, Nk)
+  const auto B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  auto scores = at::empty({B * H, Nq, Nk}, q.options());
+  at::baddbmm_out(scores, scores, q.reshape({B * H, Nq, -1}), k.reshape({B * H, Nk, -1}).transpose(1, 2), 0.0, scale);
+  scores = scores.view({B, H, Nq, Nk});
   modify_scores(scores, ctx);
   auto probs = at::softmax(scores, -1);
   observe_probs(probs, ctx);

@@ -96,20 +96,6 @@ nn::GroupNorm group_norm(int64_t groups, int64_t channels) {
 }
 }  // namespace
 
-namespace {
-class BaddbmmProcessor : public AttnProcessor {
- public:
-  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-                    const AttnContext& ctx) override {
-    const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), M = k.size(2);
-    auto q3 = q.reshape({B * H, N, D}), k3 = k.reshape({B * H, M, D}), v3 = v.reshape({B * H, M, D});
-    auto s = at::baddbmm(at::empty({B * H, N, M}, q.options()), q3, k3.transpose(1, 2), 0, scale);
-    auto p = at::softmax(s, -1);
-    return at::bmm(p, v3).view({B, H, N, D});
-  }
-};
-}  // namespace
-
 VaeMidBlockImpl::VaeMidBlockImpl(int64_t channels, int64_t groups, bool add_attention) {
   resnets = register_module("resnets", nn::ModuleList());
   attentions = register_module("attentions", nn::ModuleList());
@@ -124,9 +110,7 @@ VaeMidBlockImpl::VaeMidBlockImpl(int64_t channels, int64_t groups, bool add_atte
     o.norm_num_groups = groups;
     o.norm_eps = kVaeEps;
     o.residual_connection = true;
-    Attention a(o);
-    a->set_processor(std::make_shared<BaddbmmProcessor>());
-    attentions->push_back(a);
+    attentions->push_back(Attention(o));
   }
   resnets->push_back(vae_resnet(channels, channels, groups));
 }

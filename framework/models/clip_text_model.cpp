@@ -19,7 +19,7 @@ const std::vector<std::string> kIrrelevantKeys = {
     "use_bfloat16", "tie_word_embeddings", "is_encoder_decoder", "is_decoder", "add_cross_attention",
     "chunk_size_feed_forward", "id2label", "label2id", "problem_type", "tokenizer_class", "prefix",
     "task_specific_params", "finetuning_task", "pruned_heads", "torchscript", "tf_legacy_loss",
-    "cross_attention_hidden_size", "decoder_start_token_id", "sep_token_id", "architectures", "bad_words_ids",
+    "cross_attention_hidden_size", "decoder_start_token_id", "sep_token_id", "bad_words_ids",
     "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping", "encoder_no_repeat_ngram_size",
     "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id", "length_penalty",
     "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",

@@ -42,7 +42,10 @@ TEST(Pipeline, SeedDeterminesImageWhateverTheBatch) {
   auto both = txt2img(*sd, request(), a, 2);
   SeededNoise b({12});
   auto single = txt2img(*sd, request(), b, 1);
-  EXPECT_TRUE(torch::allclose(both.latents[1], single.latents[0], 1e-4, 1e-5));
+  // Same seed, other batch: equal up to float rounding of batched vs single GEMMs (latents reach |x| ~ 70
+  // with this random, non-denoising UNet, so the tolerance is relative to max|x| as in the golden README).
+  auto cmp = compare_tensors(both.latents[1], single.latents[0], 1e-4, 1e-5);
+  EXPECT_TRUE(cmp.pass) << cmp.describe();
   EXPECT_FALSE(torch::allclose(both.latents[0], both.latents[1], 1e-2, 1e-2));
   SeededNoise c({12});
   auto again = txt2img(*sd, request(), c, 1);
@@ -87,7 +90,7 @@ TEST(Pipeline, Img2ImgRunsTheTailOfTheSchedule) {
 TEST(Pipeline, RejectsBadRequests) {
   auto sd = tiny();
   auto r = request();
-  r.height = 30;
+  r.height = 31;
   SeededNoise n({1});
   try {
     txt2img(*sd, r, n, 1);

@@ -13,11 +13,9 @@ using namespace collage;
 namespace {
 void expect_all_pass(const parity::Recorder& rec) {
   ASSERT_FALSE(rec.results().empty());
-  for (const auto& r : rec.results()) {
-    if (std::getenv("COLLAGE_TEST_VERBOSE")) std::printf("%s %s max_abs %.3e max|ref| %.3e\n", r.component.c_str(), r.name.c_str(), r.max_abs_diff, r.max_abs_ref);
+  for (const auto& r : rec.results())
     EXPECT_TRUE(r.pass) << r.component << " " << r.name << ": " << r.detail << " (max_abs " << r.max_abs_diff
                         << ", max|ref| " << r.max_abs_ref << ")";
-  }
 }
 
 std::string copy_with_weights(const std::string& tag,
@@ -158,4 +156,18 @@ TEST(AutoencoderKL, UnknownClassIsAnError) {
   const auto msg = expect_error([&] { load_autoencoder(dir); });
   EXPECT_NE(msg.find("AutoencoderTiny"), std::string::npos) << msg;
   EXPECT_NE(msg.find("_class_name"), std::string::npos) << msg;
+}
+
+TEST(AutoencoderKL, CheckerDetectsADecoderChange) {
+  const auto dir = copy_with_weights("vae_perturbed", [](auto& w) { w["decoder.conv_out.bias"] += 0.01; });
+  std::filesystem::copy_file(test::golden("vae/cases.safetensors"), dir + "/cases.safetensors");
+  parity::Recorder rec("vae");
+  parity::check_vae(dir, rec);
+  int failed = 0;
+  for (const auto& r : rec.results()) {
+    const bool decoder = r.name.find("dec_out") != std::string::npos;
+    EXPECT_EQ(r.pass, !decoder) << r.name;
+    failed += !r.pass;
+  }
+  EXPECT_EQ(failed, 3);
 }

@@ -13,11 +13,9 @@ using namespace collage;
 namespace {
 void expect_all_pass(const parity::Recorder& rec) {
   ASSERT_FALSE(rec.results().empty());
-  for (const auto& r : rec.results()) {
-    if (std::getenv("COLLAGE_TEST_VERBOSE")) std::printf("%s %s max_abs %.3e max|ref| %.3e\n", r.component.c_str(), r.name.c_str(), r.max_abs_diff, r.max_abs_ref);
+  for (const auto& r : rec.results())
     EXPECT_TRUE(r.pass) << r.component << " " << r.name << ": " << r.detail << " (max_abs " << r.max_abs_diff
                         << ", max|ref| " << r.max_abs_ref << ")";
-  }
 }
 
 // A copy of a golden text encoder folder whose weights were edited by `edit`.
@@ -201,4 +199,20 @@ TEST(ClipTextModel, PaddingMaskAffectsOnlyPositionsAfterPadding) {
   EXPECT_TRUE(at::equal(plain.last_hidden_state.narrow(1, 0, eos + 1), masked.last_hidden_state.narrow(1, 0, eos + 1)));
   EXPECT_FALSE(at::allclose(plain.last_hidden_state.narrow(1, eos + 2, 5), masked.last_hidden_state.narrow(1, eos + 2, 5)));
   EXPECT_TRUE(at::equal(plain.pooler_output, masked.pooler_output));
+}
+
+TEST(ClipTextModel, CheckerDetectsAWrongActivation) {
+  // The checker reads everything from the folder: the sd1 weights run with exact gelu must fail.
+  const auto dir = copy_with_weights("clip_act", "text_encoder_sd1", [](auto&) {});
+  std::filesystem::copy_file(test::golden("text_encoder_sd1/cases.safetensors"), dir + "/cases.safetensors");
+  auto json = read_json_file(dir + "/config.json");
+  json["hidden_act"] = "gelu";
+  write_json_file(dir + "/config.json", json);
+  parity::Recorder rec("text_encoder_sd1");
+  parity::check_text_encoder(dir, rec);
+  std::map<std::string, bool> pass;
+  for (const auto& r : rec.results()) pass[r.name] = r.pass;
+  EXPECT_TRUE(pass.at("hidden_states.0"));  // embeddings do not use the activation
+  EXPECT_FALSE(pass.at("hidden_states.1"));
+  EXPECT_FALSE(pass.at("last_hidden_state"));
 }
