@@ -75,6 +75,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     std::string config = "sd15";
     int64_t latent = 64, batch = 2, repeat = 2, tokens = 77, matmul = 2048;
     std::string profile;
+    bool nchw = false, no_pack = false;
   };
   auto a = std::make_shared<Args>();
   auto* unet = bench->add_subcommand("unet", "time one UNet evaluation with random weights from a real config");
@@ -84,6 +85,8 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
   unet->add_option("--repeat", a->repeat, "timed evaluations after one warm-up")->capture_default_str();
   unet->add_option("--matmul", a->matmul, "side of the reference float32 matmul")->capture_default_str();
   unet->add_option("--profile", a->profile, "write a Chrome trace of one extra evaluation to this file");
+  unet->add_flag("--nchw", a->nchw, "keep NCHW activations on the CPU (default: channels-last)");
+  unet->add_flag("--no-pack", a->no_pack, "do not pre-pack large convolution weights for oneDNN");
   unet->callback([a, &global] {
     apply_runtime(global);
     torch::NoGradGuard no_grad;
@@ -104,6 +107,9 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     for (const auto& p : model->parameters()) params += p.numel();
     std::cout << fmt::format("UNet from {}: {:.1f} M parameters, built in {:.1f} s\n", path, params / 1e6,
                              now_seconds() - t0);
+    if (device.is_cpu() && !a->nchw) model->set_channels_last(true);
+    if (device.is_cpu() && !a->no_pack) std::cout << fmt::format("packed {} large convolutions for oneDNN\n", pack_large_convs(*model));
+
 
     const auto opts = at::TensorOptions().dtype(dtype).device(device);
     auto sample = at::randn({a->batch, config.in_channels, a->latent, a->latent}, opts);

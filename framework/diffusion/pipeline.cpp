@@ -70,6 +70,10 @@ std::shared_ptr<StableDiffusion> StableDiffusion::load(const ComponentPaths& pat
                    sd->unet->config().cross_attention_dim, sd->text_encoder->config().hidden_size);
   sd->text_encoder->to(sd->device, sd->dtype);
   sd->unet->to(sd->device, sd->dtype);
+  if (sd->device.is_cpu() && sd->dtype == at::kFloat && options.cpu_fast_paths) {
+    sd->unet->set_channels_last(true);
+    pack_large_convs(*sd->unet);
+  }
   // The VAE decoder overflows in half precision on some inputs; keep it in float32 (it is a small share of
   // the run time).
   sd->vae->to(sd->device, at::kFloat);

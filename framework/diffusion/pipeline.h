@@ -24,6 +24,9 @@ struct PipelineOptions {
   std::string dtype = "auto";      // "auto" (float16 on CUDA, float32 on CPU), "float32", "float16", "bfloat16"
   std::string variant;             // weights variant, e.g. "fp16" -> *.fp16.safetensors
   std::string scheduler;           // registry name overriding scheduler_config.json's class; empty = keep
+  // CPU float32: channels-last UNet and pre-packed large convolutions (inference only; call
+  // unpack_convs(*unet) before back-propagating through the UNet).
+  bool cpu_fast_paths = true;
 };
 
 // Where each component lives (a diffusers pipeline folder maps them to its sub-folders).

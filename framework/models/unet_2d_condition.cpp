@@ -156,9 +156,12 @@ class GEGLUImpl : public nn::Module {
  public:
   GEGLUImpl(int64_t dim_in, int64_t dim_out) { proj = register_module("proj", nn::Linear(dim_in, dim_out * 2)); }
   at::Tensor forward(const at::Tensor& x) {
-    auto h = proj->forward(x);
-    auto parts = h.chunk(2, -1);
-    return parts[0] * at::gelu(parts[1]);
+    // Two GEMMs on the row halves of the weight give contiguous halves, so gelu and the product run in
+    // place instead of on strided views of one wide output.
+    const int64_t n = proj->weight.size(0) / 2;
+    auto hidden = at::linear(x, proj->weight.narrow(0, 0, n), proj->bias.narrow(0, 0, n));
+    auto gate = at::linear(x, proj->weight.narrow(0, n, n), proj->bias.narrow(0, n, n));
+    return hidden.mul_(at::gelu(gate));
   }
   nn::Linear proj{nullptr};
 };
@@ -256,11 +259,11 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
   for (const auto& block : *transformer_blocks)
     h = block->as<BasicTransformerBlockImpl>()->forward(h, context, H, W, step);
   if (!use_linear_projection_) {
-    h = h.reshape({B, H, W, -1}).permute({0, 3, 1, 2}).contiguous();
+    h = h.reshape({B, H, W, -1}).permute({0, 3, 1, 2}).contiguous(x.suggest_memory_format());
     h = proj_out_conv->forward(h);
   } else {
     h = proj_out_linear->forward(h);
-    h = h.reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous();
+    h = h.reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous(x.suggest_memory_format());
   }
   return h.add_(x);
 }
@@ -465,6 +468,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   }
 
   at::Tensor h = c.center_input_sample ? sample_in * 2.0 - 1.0 : sample_in;
+  if (channels_last_) h = h.contiguous(at::MemoryFormat::ChannelsLast);
   h = b.conv_in->forward(h);
   if (debug) (*debug)["conv_in"] = h;
   std::vector<at::Tensor> skips{h};
@@ -487,7 +491,17 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   h = b.conv_norm_out->forward(h);
   if (debug) (*debug)["conv_norm_out"] = h.clone();
   at::silu_(h);
-  return b.conv_out->forward(h);
+  return b.conv_out->forward(h).contiguous();
+}
+
+void UNet2DConditionModelImpl::set_channels_last(bool enable) {
+  // oneDNN convolutions on CPU run without per-call layout reorders in NHWC, and the transformer blocks'
+  // (B, C, H, W) <-> (B, H*W, C) permutes become free views.
+  channels_last_ = enable;
+  torch::NoGradGuard no_grad;
+  const auto format = enable ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  for (auto& p : parameters())
+    if (p.dim() == 4) p.set_data(p.data().contiguous(format));
 }
 
 int UNet2DConditionModelImpl::set_attn_processor(const std::function<bool(const Attention&)>& select,

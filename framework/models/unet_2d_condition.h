@@ -95,6 +95,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   const UNet2DConditionConfig& config() const { return config_; }
 
+  // NHWC activations and conv weights (faster on CPU with oneDNN; results equal up to rounding).
+  void set_channels_last(bool enable);
+  bool channels_last() const { return channels_last_; }
+
   // Attention layers, with their paths ("down_blocks.0.attentions.0.transformer_blocks.0.attn2").
   const std::vector<Attention>& attention_layers() const { return attention_layers_; }
   // Installs `processor` on every attention layer whose path satisfies `select` (null processor = the
@@ -114,6 +118,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
  private:
   UNet2DConditionConfig config_;
   std::shared_ptr<Blocks> blocks_;
+  bool channels_last_ = false;
   std::vector<Attention> attention_layers_;
 };
 TORCH_MODULE(UNet2DConditionModel);

@@ -113,3 +113,27 @@ TEST(UNet2DCondition, ProcessorSeesCrossAttentionContext) {
   unet->reset_attn_processors();
   EXPECT_THROW(unet->set_attn_processors({{"down_blocks.9.nope", rec}}), Error);
 }
+
+TEST(UNet2DCondition, ChannelsLastAndPackedConvolutionsKeepParity) {
+  auto unet = UNet2DConditionModelImpl::load(test::golden("unet_sd1"));
+  auto cases = load_safetensors(test::golden("unet_sd1/cases.safetensors"));
+  auto before = load_safetensors(test::golden("unet_sd1/diffusion_pytorch_model.safetensors"));
+  torch::NoGradGuard g;
+  unet->set_channels_last(true);
+  const int packed = pack_large_convs(*unet, 0);  // every convolution, whatever its size
+  EXPECT_GT(packed, 20);
+  for (const std::string p : {"b2", "b1_ns", "b2_t0d"}) {
+    auto out = unet->forward(cases[p + ".sample"], cases[p + ".timestep"], cases[p + ".encoder_hidden_states"]);
+    auto c = compare_tensors(out, cases[p + ".out"], 1e-4, 1e-5);
+    EXPECT_TRUE(c.pass) << p << ": " << c.describe();
+  }
+  // Gradients through a packed convolution are refused with a clear message; unpack restores the weights.
+  {
+    torch::AutoGradMode grad(true);
+    auto x = cases["b2.sample"].clone().requires_grad_(true);
+    EXPECT_THROW(unet->forward(x, cases["b2.timestep"], cases["b2.encoder_hidden_states"]), Error);
+  }
+  unpack_convs(*unet);
+  for (const auto& p : unet->named_parameters())
+    if (p.value().dim() == 4) EXPECT_TRUE(torch::equal(p.value(), before.at(p.key()))) << p.key();
+}
