@@ -49,21 +49,29 @@ double matmul_gflops(int64_t n, const at::Device& device) {
   return 2.0 * n * n * n / best / 1e9;
 }
 
-std::string resolve_config(const std::string& name) {
-  if (fs::exists(name)) return fs::is_directory(name) ? (fs::path(name) / "config.json").string() : name;
-  std::string sub;
-  if (name == "sd15") sub = "stable-diffusion-v1-5";
-  else if (name == "sd21") sub = "stable-diffusion-2-1";
-  else throw Error("unknown config (use sd15, sd21 or a path to a UNet config.json)", "", "--config");
+// The checkout root (where assets/ lives): the working directory or the folder above build/collage.
+fs::path checkout_root(const std::string& must_exist) {
   char buf[4096];
   const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   std::vector<fs::path> roots{fs::current_path()};
   if (n > 0) roots.push_back(fs::path(std::string(buf, n)).parent_path().parent_path());
-  for (const auto& r : roots) {
-    auto p = r / "assets" / "configs" / sub / "unet" / "config.json";
-    if (fs::exists(p)) return p.string();
-  }
-  throw Error("cannot find assets/configs/" + sub + "/unet/config.json (run from the checkout)", "", "--config");
+  for (const auto& r : roots)
+    if (fs::exists(r / must_exist)) return r;
+  throw Error("cannot find " + must_exist + " (run from the checkout)");
+}
+
+// sd15 / sd21 -> the real model's config folder under assets/configs.
+fs::path model_configs(const std::string& name) {
+  std::string sub;
+  if (name == "sd15") sub = "stable-diffusion-v1-5";
+  else if (name == "sd21") sub = "stable-diffusion-2-1";
+  else throw Error("unknown config (use sd15, sd21 or a path to a UNet config.json)", "", "--config");
+  return checkout_root("assets/configs/" + sub) / "assets" / "configs" / sub;
+}
+
+std::string resolve_config(const std::string& name) {
+  if (fs::exists(name)) return fs::is_directory(name) ? (fs::path(name) / "config.json").string() : name;
+  return (model_configs(name) / "unet" / "config.json").string();
 }
 
 }  // namespace
@@ -87,6 +95,58 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
   unet->add_option("--profile", a->profile, "write a Chrome trace of one extra evaluation to this file");
   unet->add_flag("--nchw", a->nchw, "keep NCHW activations on the CPU (default: channels-last)");
   unet->add_flag("--no-pack", a->no_pack, "do not pre-pack large convolution weights for oneDNN");
+  struct PipeArgs {
+    std::string config = "sd15";
+    int64_t steps = 2, size = 0;
+  };
+  auto pa = std::make_shared<PipeArgs>();
+  auto* pipe = bench->add_subcommand(
+      "txt2img", "a full txt2img run (text encoder, UNet with CFG, VAE decode) with random weights at a real "
+                 "model's size: time per step and peak memory");
+  pipe->add_option("--config", pa->config, "sd15 or sd21")->capture_default_str();
+  pipe->add_option("--steps", pa->steps, "denoising steps")->capture_default_str();
+  pipe->add_option("--size", pa->size, "image side (default: the model's native size)");
+  pipe->callback([pa, &global] {
+    apply_runtime(global);
+    torch::NoGradGuard no_grad;
+    const auto dir = model_configs(pa->config);
+    const auto root = checkout_root("tests/data/golden/tokenizer/vocab.json");
+    double t0 = now_seconds();
+    auto sd = std::make_shared<StableDiffusion>();
+    sd->name = "random " + pa->config;
+    sd->device = parse_device(global.device);
+    sd->dtype = parse_dtype(global.dtype, sd->device);
+    sd->tokenizer = std::make_shared<ClipTokenizer>(ClipTokenizer::from_folder(
+        (root / "tests/data/golden/tokenizer").string(), (dir / "tokenizer").string()));
+    sd->text_encoder = ClipTextModel(ClipTextConfig::from_json_file((dir / "text_encoder/config.json").string()));
+    sd->unet = UNet2DConditionModel(UNet2DConditionConfig::from_json_file((dir / "unet/config.json").string()));
+    sd->vae = std::make_shared<AutoencoderKLModel>(
+        AutoencoderKL(AutoencoderKLConfig::from_json_file((dir / "vae/config.json").string())));
+    sd->scheduler = load_scheduler((dir / "scheduler/scheduler_config.json").string(), "euler_ancestral");
+    PipelineOptions po;
+    po.device = global.device;
+    po.dtype = global.dtype;
+    sd->prepare(po);
+    std::cout << fmt::format("random {} pipeline built in {:.1f} s; resident {:.2f} GB\n", pa->config,
+                             now_seconds() - t0, read_status_bytes("VmRSS") / 1e9);
+    GenerateRequest req;
+    req.prompt = "a red barn in a field, highly detailed";
+    req.negative_prompt = "blurry";
+    req.steps = pa->steps;
+    req.height = req.width = pa->size;
+    SeededNoise noise({0});
+    reset_peak();
+    t0 = now_seconds();
+    auto out = txt2img(*sd, req, noise, 1);
+    const double seconds = now_seconds() - t0;
+    std::cout << fmt::format("txt2img {}x{}, {} steps with CFG: {:.2f} s ({:.2f} s per step incl. text encoder "
+                             "and VAE decode)\n",
+                             out.images.size(2), out.images.size(3), out.timesteps.size(), seconds,
+                             seconds / out.timesteps.size());
+    if (sd->device.is_cpu())
+      std::cout << fmt::format("  peak RSS during the run {:.2f} GB\n", read_status_bytes("VmHWM") / 1e9);
+  });
+
   unet->callback([a, &global] {
     apply_runtime(global);
     torch::NoGradGuard no_grad;

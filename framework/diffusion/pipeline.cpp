@@ -68,16 +68,22 @@ std::shared_ptr<StableDiffusion> StableDiffusion::load(const ComponentPaths& pat
   COLLAGE_CHECK_AT(sd->text_encoder->config().hidden_size == sd->unet->config().cross_attention_dim, paths.unet,
                    "cross_attention_dim", "UNet expects text features of width {}, the text encoder gives {}",
                    sd->unet->config().cross_attention_dim, sd->text_encoder->config().hidden_size);
-  sd->text_encoder->to(sd->device, sd->dtype);
-  sd->unet->to(sd->device, sd->dtype);
-  if (sd->device.is_cpu() && sd->dtype == at::kFloat && options.cpu_fast_paths) {
-    sd->unet->set_channels_last(true);
-    pack_large_convs(*sd->unet);
+  sd->prepare(options);
+  return sd;
+}
+
+void StableDiffusion::prepare(const PipelineOptions& options) {
+  text_encoder->eval();
+  unet->eval();
+  text_encoder->to(device, dtype);
+  unet->to(device, dtype);
+  if (device.is_cpu() && dtype == at::kFloat && options.cpu_fast_paths) {
+    unet->set_channels_last(true);
+    pack_large_convs(*unet);
   }
   // The VAE decoder overflows in half precision on some inputs; keep it in float32 (it is a small share of
   // the run time).
-  sd->vae->to(sd->device, at::kFloat);
-  return sd;
+  vae->to(device, at::kFloat);
 }
 
 at::Tensor StableDiffusion::tokenize(const std::vector<std::string>& prompts) const {

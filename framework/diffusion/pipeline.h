@@ -52,6 +52,10 @@ class StableDiffusion {
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
 
+  // Moves the components to `device`/`dtype` and applies the CPU fast paths (load() calls it; call it
+  // yourself after assembling components by hand).
+  void prepare(const PipelineOptions& options);
+
   // Token ids (N, 77) of the prompts, padded and truncated as the tokenizer config says.
   at::Tensor tokenize(const std::vector<std::string>& prompts) const;
   // Text-encoder last hidden states (N, 77, D) in the model dtype.

@@ -57,6 +57,7 @@ void load_module_weights(torch::nn::Module& module, const std::vector<std::strin
     if (!seen.count(name) && !options.optional_module_keys.count(name))
       problems.push_back(fmt::format("missing key '{}' (shape {}) in {}", name, shape_str(t.sizes()),
                                      fmt::join(files, ", ")));
+  if (problems.size() == 1) throw Error(problems.front() + " (does config.json match the weights?)");
   if (!problems.empty()) {
     std::string msg = fmt::format("{} problem(s) loading weights (does config.json match the weights?):",
                                   problems.size());

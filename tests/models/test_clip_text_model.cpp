@@ -9,14 +9,10 @@
 #include "test_util.h"
 
 using namespace collage;
+using test::expect_all_pass;
+using test::expect_error;
 
 namespace {
-void expect_all_pass(const parity::Recorder& rec) {
-  ASSERT_FALSE(rec.results().empty());
-  for (const auto& r : rec.results())
-    EXPECT_TRUE(r.pass) << r.component << " " << r.name << ": " << r.detail << " (max_abs " << r.max_abs_diff
-                        << ", max|ref| " << r.max_abs_ref << ")";
-}
 
 // A copy of a golden text encoder folder whose weights were edited by `edit`.
 std::string copy_with_weights(const std::string& tag, const std::string& golden,
@@ -29,15 +25,6 @@ std::string copy_with_weights(const std::string& tag, const std::string& golden,
   return dir;
 }
 
-std::string expect_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a collage::Error";
-  return {};
-}
 }  // namespace
 
 TEST(ClipTextModel, GoldenSd1) {

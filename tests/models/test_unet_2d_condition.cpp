@@ -9,15 +9,9 @@
 #include "test_util.h"
 
 using namespace collage;
+using test::expect_all_pass;
+using test::expect_error;
 
-namespace {
-void expect_all_pass(const parity::Recorder& rec) {
-  ASSERT_FALSE(rec.results().empty());
-  for (const auto& r : rec.results())
-    EXPECT_TRUE(r.pass) << r.component << " " << r.name << ": " << r.detail << " (max_abs " << r.max_abs_diff
-                        << ", max|ref| " << r.max_abs_ref << ")";
-}
-}  // namespace
 
 TEST(UNet2DCondition, GoldenSd1) {
   parity::Recorder rec("unet_sd1");
