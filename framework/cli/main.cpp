@@ -6,12 +6,13 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "core/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"collage: Collage Diffusion research framework (Stable Diffusion in libtorch)"};
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the subcommand too
-  app.set_version_flag("--version", std::string(COLLAGE_VERSION) + " (" + COLLAGE_GIT_REVISION + ")");
+  app.set_version_flag("--version", collage::framework_version() + " (" + collage::git_revision() + ")");
   collage::cli::GlobalOptions global;
   app.add_option("--threads", global.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--device", global.device, "cpu, cuda or cuda:N")->capture_default_str();

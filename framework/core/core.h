@@ -6,3 +6,4 @@
 #include "core/image.h"
 #include "core/json.h"
 #include "core/safetensors.h"
+#include "core/version.h"
