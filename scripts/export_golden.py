@@ -469,25 +469,22 @@ class Model:
             self._cache["text_encoder"] = model.float().eval()
         return self._cache["text_encoder"]
 
-    def unet(self):
-        if "unet" not in self._cache:
+    def _diffusers_model(self, name, class_name):
+        """Loads a diffusers component once, in float32 with the classic attention processor."""
+        if name not in self._cache:
             import torch
-            from diffusers import UNet2DConditionModel
-            model = UNet2DConditionModel.from_pretrained(self.dir("unet"), torch_dtype=torch.float32,
-                                                         **self._variant_kwargs())
-            use_classic_attention(model, "unet")
-            self._cache["unet"] = model.float().eval()
-        return self._cache["unet"]
+            import diffusers
+            model = getattr(diffusers, class_name).from_pretrained(self.dir(name), torch_dtype=torch.float32,
+                                                                   **self._variant_kwargs())
+            use_classic_attention(model, name)
+            self._cache[name] = model.float().eval()
+        return self._cache[name]
+
+    def unet(self):
+        return self._diffusers_model("unet", "UNet2DConditionModel")
 
     def vae(self):
-        if "vae" not in self._cache:
-            import torch
-            from diffusers import AutoencoderKL
-            model = AutoencoderKL.from_pretrained(self.dir("vae"), torch_dtype=torch.float32,
-                                                  **self._variant_kwargs())
-            use_classic_attention(model, "vae")
-            self._cache["vae"] = model.float().eval()
-        return self._cache["vae"]
+        return self._diffusers_model("vae", "AutoencoderKL")
 
 
 def use_classic_attention(model, what):
