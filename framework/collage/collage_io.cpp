@@ -1,0 +1,305 @@
+// collage.json reading, validation and writing; the importer for the authors' demo layer objects.
+#include <ATen/ATen.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <cmath>
+#include <filesystem>
+
+#include "collage/collage.h"
+#include "core/core.h"
+
+namespace fs = std::filesystem;
+
+namespace collage {
+
+namespace {
+
+std::string layer_field(size_t i, const std::string& key) { return fmt::format("layers[{}].{}", i, key); }
+
+void check_unit(double v, const std::string& file, const std::string& field) {
+  COLLAGE_CHECK_AT(std::isfinite(v) && v >= 0.0 && v <= 1.0, file, field, "must be in [0, 1], got {}", v);
+}
+
+void check_unknown(const JsonReader& r, const std::string& file, const std::string& prefix,
+                   const std::string& valid) {
+  auto unknown = r.unused_keys();
+  if (!unknown.empty())
+    throw Error(fmt::format("unknown field (valid fields: {})", valid), file, prefix + unknown.front());
+}
+
+std::string resolve(const std::string& folder, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (fs::path(folder) / p).string();
+}
+
+at::Tensor load_rgba(const std::string& path, const std::string& file, const std::string& field) {
+  COLLAGE_CHECK_AT(!path.empty(), file, field, "a layer needs an image");
+  COLLAGE_CHECK_AT(fs::exists(path), file, field, "image file '{}' not found", path);
+  at::Tensor img;
+  try {
+    COLLAGE_CHECK_AT(image_has_alpha(path), file, field,
+                     "image '{}' has no alpha channel: layers must be RGBA PNGs (alpha = the layer's shape)", path);
+    img = read_image(path, /*keep_alpha=*/true);
+  } catch (const Error& e) {
+    if (e.file() == file) throw;
+    throw Error(e.message(), file, field);
+  }
+  return img;
+}
+
+// Decodes standard base64 (padding optional; whitespace ignored).
+std::vector<unsigned char> base64_decode(const std::string& text, const std::string& file, const std::string& field) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+' || c == '-') return 62;
+    if (c == '/' || c == '_') return 63;
+    return -1;
+  };
+  std::vector<unsigned char> out;
+  int bits = 0, acc = 0;
+  for (char c : text) {
+    if (c == '=' || std::isspace(static_cast<unsigned char>(c))) continue;
+    int v = value(c);
+    COLLAGE_CHECK_AT(v >= 0, file, field, "invalid base64 character '{}' in the data URL", c);
+    acc = (acc << 6) | v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<unsigned char>((acc >> bits) & 0xff));
+    }
+  }
+  return out;
+}
+
+at::Tensor decode_rgba_bytes(const std::vector<unsigned char>& bytes, const std::string& file,
+                             const std::string& field) {
+  cv::Mat m = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
+  COLLAGE_CHECK_AT(!m.empty(), file, field, "cannot decode the embedded image");
+  COLLAGE_CHECK_AT(m.channels() == 4 && m.depth() == CV_8U, file, field,
+                   "the embedded image must be an 8-bit RGBA PNG (has {} channels)", m.channels());
+  cv::Mat rgba;
+  cv::cvtColor(m, rgba, cv::COLOR_BGRA2RGBA);
+  auto t = at::from_blob(rgba.data, {rgba.rows, rgba.cols, 4}, at::kByte).clone();
+  return t.permute({2, 0, 1}).to(at::kFloat).div_(255.0).contiguous();
+}
+
+const char* kCollageFields = "prompt, width, height, background, layers, meta";
+const char* kLayerFields =
+    "name, image, text, transform, polygon, w_pos, w_neg, noise_strength, keep, embedding, meta";
+
+}  // namespace
+
+void validate_collage(const Collage& c) {
+  const auto file = c.where();
+  COLLAGE_CHECK_AT(c.width > 0 && c.height > 0 && c.width <= 8192 && c.height <= 8192, file, "width",
+                   "canvas size must be in 1..8192, got {}x{}", c.width, c.height);
+  for (size_t k = 0; k < 3; ++k) check_unit(c.background[k], file, fmt::format("background[{}]", k));
+  COLLAGE_CHECK_AT(!c.layers.empty(), file, "layers", "a collage needs at least one layer");
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    const auto& l = c.layers[i];
+    COLLAGE_CHECK_AT(c.prompt.find(l.text) != std::string::npos, file, layer_field(i, "text"),
+                     "layer text '{}' does not occur in the collage text '{}' (it must appear verbatim)", l.text,
+                     c.prompt);
+    check_unit(l.w_pos, file, layer_field(i, "w_pos"));
+    check_unit(l.w_neg, file, layer_field(i, "w_neg"));
+    check_unit(l.noise_strength, file, layer_field(i, "noise_strength"));
+    const auto& t = l.transform;
+    COLLAGE_CHECK_AT(std::isfinite(t.x) && std::isfinite(t.y), file, layer_field(i, "transform"),
+                     "position must be finite");
+    COLLAGE_CHECK_AT(std::isfinite(t.scale) && t.scale > 0, file, layer_field(i, "transform.scale"),
+                     "scale must be positive, got {}", t.scale);
+    COLLAGE_CHECK_AT(std::isfinite(t.rotation), file, layer_field(i, "transform.rotation"), "rotation must be finite");
+    COLLAGE_CHECK_AT(l.polygon.empty() || l.polygon.size() >= 3, file, layer_field(i, "polygon"),
+                     "a crop polygon needs at least 3 points, got {}", l.polygon.size());
+    COLLAGE_CHECK_AT(l.rgba.defined() && l.rgba.dim() == 3 && l.rgba.size(0) == 4, file, layer_field(i, "image"),
+                     "layer image must be RGBA (4, h, w)");
+    COLLAGE_CHECK_AT(!at::isnan(l.rgba).any().item<bool>(), file, layer_field(i, "image"), "layer image has NaNs");
+  }
+}
+
+Collage load_collage(const std::string& path_in) {
+  std::string path = path_in;
+  if (fs::is_directory(path)) path = (fs::path(path) / "collage.json").string();
+  COLLAGE_CHECK_AT(fs::exists(path), path, "", "collage file not found");
+  const Json j = read_json_file(path);
+  COLLAGE_CHECK_AT(j.is_object(), path, "", "a collage file must hold a JSON object");
+  Collage c;
+  c.file = path;
+  c.folder = fs::path(path).parent_path().string();
+  JsonReader r(j, path);
+  c.prompt = r.get<std::string>("prompt");
+  c.width = r.get<int64_t>("width", 512);
+  c.height = r.get<int64_t>("height", 512);
+  if (r.has("background")) {
+    auto bg = r.get<std::vector<double>>("background");
+    COLLAGE_CHECK_AT(bg.size() == 3, path, "background", "expected [r, g, b] in [0, 1], got {} values", bg.size());
+    for (int k = 0; k < 3; ++k) c.background[k] = bg[k];
+  }
+  c.meta = r.get<Json>("meta", Json::object());
+  const Json layers = r.get<Json>("layers");
+  COLLAGE_CHECK_AT(layers.is_array(), path, "layers", "expected a list of layers (bottom to top)");
+  check_unknown(r, path, "", kCollageFields);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto prefix = fmt::format("layers[{}].", i);
+    COLLAGE_CHECK_AT(layers[i].is_object(), path, fmt::format("layers[{}]", i), "a layer must be a JSON object");
+    JsonReader lr(layers[i], path, prefix);
+    Layer l;
+    l.name = lr.get<std::string>("name", "");
+    l.image = lr.get<std::string>("image");
+    l.text = lr.get<std::string>("text", "");
+    if (lr.has("transform")) {
+      const Json tj = lr.get<Json>("transform");
+      COLLAGE_CHECK_AT(tj.is_object(), path, prefix + "transform", "expected {x, y, scale, rotation}");
+      JsonReader tr(tj, path, prefix + "transform.");
+      l.transform.x = tr.get<double>("x", 0.0);
+      l.transform.y = tr.get<double>("y", 0.0);
+      l.transform.scale = tr.get<double>("scale", 1.0);
+      l.transform.rotation = tr.get<double>("rotation", 0.0);
+      check_unknown(tr, path, prefix + "transform.", "x, y, scale, rotation");
+    }
+    if (lr.has("polygon")) {
+      auto pts = lr.get<std::vector<std::vector<double>>>("polygon");
+      for (size_t k = 0; k < pts.size(); ++k) {
+        COLLAGE_CHECK_AT(pts[k].size() == 2, path, fmt::format("{}polygon[{}]", prefix, k), "expected [x, y]");
+        l.polygon.push_back({pts[k][0], pts[k][1]});
+      }
+    }
+    l.w_pos = lr.get<double>("w_pos", 0.0);
+    l.w_neg = lr.get<double>("w_neg", 1.0);
+    l.noise_strength = lr.get<double>("noise_strength", 0.8);
+    l.keep = lr.get<bool>("keep", false);
+    l.embedding = lr.get<std::string>("embedding", "");
+    l.meta = lr.get<Json>("meta", Json::object());
+    check_unknown(lr, path, prefix, kLayerFields);
+    if (!l.embedding.empty())
+      COLLAGE_CHECK_AT(fs::exists(resolve(c.folder, l.embedding)), path, prefix + "embedding",
+                       "embedding file '{}' not found", resolve(c.folder, l.embedding));
+    l.rgba = load_rgba(resolve(c.folder, l.image), path, prefix + "image");
+    c.layers.push_back(std::move(l));
+  }
+  validate_collage(c);
+  return c;
+}
+
+Json collage_to_json(const Collage& c) {
+  Json j;
+  j["prompt"] = c.prompt;
+  j["width"] = c.width;
+  j["height"] = c.height;
+  j["background"] = {c.background[0], c.background[1], c.background[2]};
+  j["layers"] = Json::array();
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    const auto& l = c.layers[i];
+    Json lj;
+    if (!l.name.empty()) lj["name"] = l.name;
+    lj["image"] = l.image.empty() ? fmt::format("layer_{}.png", i) : l.image;
+    lj["text"] = l.text;
+    lj["transform"] = {{"x", l.transform.x}, {"y", l.transform.y}, {"scale", l.transform.scale},
+                       {"rotation", l.transform.rotation}};
+    if (!l.polygon.empty()) {
+      lj["polygon"] = Json::array();
+      for (const auto& p : l.polygon) lj["polygon"].push_back({p[0], p[1]});
+    }
+    lj["w_pos"] = l.w_pos;
+    lj["w_neg"] = l.w_neg;
+    lj["noise_strength"] = l.noise_strength;
+    if (l.keep) lj["keep"] = true;
+    if (!l.embedding.empty()) lj["embedding"] = l.embedding;
+    if (!l.meta.empty()) lj["meta"] = l.meta;
+    j["layers"].push_back(lj);
+  }
+  if (!c.meta.empty()) j["meta"] = c.meta;
+  return j;
+}
+
+void save_collage(const Collage& c, const std::string& folder) {
+  fs::create_directories(folder);
+  Json j = collage_to_json(c);
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    const std::string name = j["layers"][i]["image"].get<std::string>();
+    COLLAGE_CHECK_AT(c.layers[i].rgba.defined(), folder, layer_field(i, "image"), "layer has no pixels to save");
+    fs::create_directories((fs::path(folder) / name).parent_path());
+    write_image((fs::path(folder) / name).string(), c.layers[i].rgba);
+  }
+  write_json_file((fs::path(folder) / "collage.json").string(), j);
+}
+
+Collage import_demo_collage(const std::string& path, const std::string& prompt) {
+  const Json j = read_json_file(path);
+  const auto folder = fs::path(path).parent_path().string();
+  Collage c;
+  c.file = path;
+  c.folder = folder;
+  c.width = c.height = 512;
+  Json layers;
+  if (j.is_array()) {
+    layers = j;
+    c.prompt = prompt;
+  } else {
+    COLLAGE_CHECK_AT(j.is_object() && j.contains("layers"), path, "layers",
+                     "expected the demo's collage request {prompt, layers} or a list of layer objects");
+    layers = j["layers"];
+    c.prompt = prompt.empty() ? j.value("prompt", std::string()) : prompt;
+  }
+  COLLAGE_CHECK_AT(!c.prompt.empty(), path, "prompt", "no collage text: the file has none, pass one");
+  COLLAGE_CHECK_AT(layers.is_array(), path, "layers", "expected a list of layer objects");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto prefix = fmt::format("layers[{}].", i);
+    JsonReader r(layers[i], path, prefix);
+    // Fields of the demo that have no meaning here (ids, ControlNet strength) are accepted and dropped.
+    r.ignore({"id", "key", "cannyStrength"});
+    Layer l;
+    l.name = layers[i].contains("key") && layers[i]["key"].is_string() ? layers[i]["key"].get<std::string>() : "";
+    l.text = r.get<std::string>("textPrompt");
+    l.w_pos = r.get<double>("cacStrength", 0.0);
+    l.w_neg = r.get<double>("negativeStrength", 1.0);
+    l.noise_strength = r.get<double>("noiseStrength", 0.8);
+    const Json t = r.get<Json>("transform", Json::object());
+    JsonReader tr(t, path, prefix + "transform.");
+    if (tr.has("position")) {
+      const Json p = tr.get<Json>("position");
+      JsonReader pr(p, path, prefix + "transform.position.");
+      l.transform.x = pr.get<double>("x");
+      l.transform.y = pr.get<double>("y");
+      check_unknown(pr, path, prefix + "transform.position.", "x, y");
+    }
+    l.transform.scale = tr.get<double>("scale", 1.0);
+    l.transform.rotation = tr.get<double>("rotation", 0.0);
+    check_unknown(tr, path, prefix + "transform.", "position, scale, rotation");
+    if (r.has("polygon")) {
+      const Json poly = r.get<Json>("polygon");
+      for (size_t k = 0; k < poly.size(); ++k) {
+        JsonReader pr(poly[k], path, fmt::format("{}polygon[{}].", prefix, k));
+        l.polygon.push_back({pr.get<double>("x"), pr.get<double>("y")});
+      }
+    }
+    const auto src = r.get<std::string>("originalImgUrl");
+    const auto field = prefix + "originalImgUrl";
+    if (src.rfind("data:", 0) == 0) {
+      const auto comma = src.find(',');
+      COLLAGE_CHECK_AT(comma != std::string::npos && src.find(";base64") < comma, path, field,
+                       "only base64 data URLs are supported");
+      l.rgba = decode_rgba_bytes(base64_decode(src.substr(comma + 1), path, field), path, field);
+    } else {
+      COLLAGE_CHECK_AT(src.find("://") == std::string::npos, path, field,
+                       "'{}' is a URL; nothing can be downloaded here: save the image next to the JSON and give "
+                       "its file name",
+                       src);
+      // The image is copied into the collage when saved (layer_<i>.png), so the original may live anywhere.
+      l.rgba = load_rgba(resolve(folder, src), path, field);
+    }
+    const Json we = r.get<Json>("wordEmbedding", Json());
+    if (we.is_string() && !we.get<std::string>().empty()) l.embedding = we.get<std::string>();
+    check_unknown(r, path, prefix,
+                  "textPrompt, cacStrength, negativeStrength, noiseStrength, transform, polygon, originalImgUrl, "
+                  "wordEmbedding, id, key, cannyStrength");
+    c.layers.push_back(std::move(l));
+  }
+  validate_collage(c);
+  return c;
+}
+
+}  // namespace collage
