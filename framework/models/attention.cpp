@@ -22,6 +22,11 @@ at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at:
   auto qs = q.reshape({BH, Nq, D});
   auto kt = k.reshape({BH, Nk, D}).transpose(1, 2);
   auto vv = v.reshape({BH, Nk, v.size(3)});
+  if (at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad())) {
+    // Training (textual inversion): the in-place kernels below have no backward; use the plain graph.
+    auto probs = at::softmax(at::baddbmm(at::zeros({BH, Nq, Nk}, q.options()), qs, kt, 0.0, scale), -1);
+    return at::bmm(probs, vv).view({B, H, Nq, v.size(3)});
+  }
   auto out = at::empty({BH, Nq, v.size(3)}, q.options());
   // Chunk over queries across all heads at once when it fits; otherwise per head.
   int64_t rows = std::max<int64_t>(1, kMaxChunkElements / std::max<int64_t>(1, BH * Nk));
@@ -57,9 +62,9 @@ at::Tensor AttnProcessor::attend(const at::Tensor& q, const at::Tensor& k, const
 at::Tensor ScoreHookProcessor::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       double scale, const AttnContext& ctx) {
   const auto B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
-  auto scores = at::empty({B * H, Nq, Nk}, q.options());
-  at::baddbmm_out(scores, scores, q.reshape({B * H, Nq, -1}), k.reshape({B * H, Nk, -1}).transpose(1, 2), 0.0, scale);
-  scores = scores.view({B, H, Nq, Nk});
+  auto scores = at::zeros({B * H, Nq, Nk}, q.options());
+  scores = at::baddbmm(scores, q.reshape({B * H, Nq, -1}), k.reshape({B * H, Nk, -1}).transpose(1, 2), 0.0, scale)
+               .view({B, H, Nq, Nk});
   modify_scores(scores, ctx);
   auto probs = at::softmax(scores, -1);
   observe_probs(probs, ctx);
