@@ -1,6 +1,7 @@
 #include <filesystem>
 
 #include "core/core.h"
+#include "metrics/nets/nets_parity.h"
 #include "parity/parity.h"
 
 namespace fs = std::filesystem;
@@ -16,7 +17,7 @@ std::function<bool(const std::string&)> name_starts_with(const std::string& pref
 }  // namespace
 
 std::vector<ComponentChecker> builtin_checkers() {
-  return {
+  std::vector<ComponentChecker> checkers = {
       {"tokenizer", name_starts_with("tokenizer"), check_tokenizer},
       {"text_encoder", name_starts_with("text_encoder"), check_text_encoder},
       {"unet", name_starts_with("unet"), check_unet},
@@ -24,6 +25,8 @@ std::vector<ComponentChecker> builtin_checkers() {
       {"schedulers", name_starts_with("schedulers"), check_schedulers},
       {"pipeline", name_starts_with("pipeline"), check_pipeline},
   };
+  for (auto& c : metric_net_checkers()) checkers.push_back(std::move(c));  // clip_vision*, clip*, lpips*
+  return checkers;
 }
 
 std::vector<CaseResult> run_parity(const std::string& root, const std::function<void(const std::string&)>& progress) {
