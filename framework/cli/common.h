@@ -44,5 +44,6 @@ std::string default_model_dir();
 void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
 void add_bench_command(CLI::App& app, GlobalOptions& global);
+void add_collage_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

@@ -23,6 +23,31 @@ err=$("$collage" txt2img --model "$work/none" --prompt x 2>&1); rc=$?
 check "missing model folder names model_index.json" '[ $rc -eq 1 ] && [[ "$err" == *"model_index.json"* ]]'
 err=$("$collage" txt2img --model "$model" --prompt x --seeds abc 2>&1); rc=$?
 check "bad seeds name --seeds" '[ $rc -eq 1 ] && [[ "$err" == *"--seeds"* ]]'
+
+# Collage Diffusion methods on a 32x32 collage (tests/data/collages/tiny).
+collage_dir="$(dirname "$golden")/collages/tiny"
+"$collage" --threads 1 generate --collage "$collage_dir" --model "$model" --method sdedit+ca+ti+ln --seeds 1-2 \
+  --steps 4 --param ti_steps=2 --param ti_batch=1 --record-attention --cache-dir "$work/cache" --out "$work/gen" >/dev/null 2>&1
+check "generate writes one PNG per seed, the record and artefacts" \
+  '[ -s "$work/gen/seed_1.png" ] && [ -s "$work/gen/seed_2.png" ] && [ -s "$work/gen/noise_map.png" ] && [ -s "$work/gen/attention_seed1_layer1.png" ] && [ -s "$work/gen/layer_1_embedding.safetensors" ]'
+check "the record names the method and every parameter" \
+  'grep -q "\"method\": \"sdedit+ca+ti+ln\"" "$work/gen/record.json" && grep -q "\"ti_steps\": 2" "$work/gen/record.json" && grep -q "\"ca_schedule\"" "$work/gen/record.json"'
+err=$("$collage" --threads 1 generate --collage "$collage_dir" --model "$model" --method sdedit+ca+ti+ln --seeds 1 \
+  --steps 4 --param ti_steps=2 --param ti_batch=1 --cache-dir "$work/cache" --out "$work/gen2" 2>&1)
+check "a second run takes the learned embeddings from the cache" '[[ "$err" == *"from cache"* ]]'
+"$collage" --threads 1 edit --collage "$collage_dir" --model "$model" --from "$work/gen/seed_1.png" --regenerate square \
+  --seeds 3 --steps 4 --out "$work/edit" >/dev/null 2>&1
+check "edit regenerates a layer of a previous output" '[ -s "$work/edit/seed_3.png" ] && grep -q "regenerated_layers" "$work/edit/record.json"'
+"$collage" --threads 1 train-ti --collage "$collage_dir" --model "$model" --layer circle --param ti_steps=2 \
+  --param ti_batch=1 --cache-dir "$work/cache2" --out "$work/circle.safetensors" >/dev/null 2>&1
+check "train-ti saves an embedding file" '[ -s "$work/circle.safetensors" ]'
+out=$("$collage" methods 2>&1)
+check "methods lists components with parameters and defaults" '[[ "$out" == *"paint_with_words"* ]] && [[ "$out" == *"ti_steps"* ]] && [[ "$out" == *"250"* ]]'
+err=$("$collage" generate --collage "$collage_dir" --model "$model" --method sdedit+cax --out "$work/x" 2>&1); rc=$?
+check "an unknown component is refused, naming the valid ones" '[ $rc -eq 1 ] && [[ "$err" == *"cax"* ]] && [[ "$err" == *"regional"* ]]'
+cp -r "$collage_dir" "$work/bad"; sed -i 's/"text": "blue square"/"text": "green square"/' "$work/bad/collage.json"
+err=$("$collage" generate --collage "$work/bad" --model "$model" --out "$work/x" 2>&1); rc=$?
+check "a layer text missing from the prompt names the file and field" '[ $rc -eq 1 ] && [[ "$err" == *"collage.json"* ]] && [[ "$err" == *"layers[2].text"* ]]'
 "$collage" --help >/dev/null && "$collage" parity --help >/dev/null && "$collage" bench unet --help >/dev/null
 check "--help works everywhere" '[ $? -eq 0 ]'
 exit $fail
