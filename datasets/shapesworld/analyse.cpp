@@ -360,7 +360,9 @@ Target make_target(const std::vector<int>& label, const std::vector<uint8_t>& oc
         for (int dx = -1; dx <= 1; ++dx) {
           const int yy = y + dy, xx = x + dx;
           if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
-          if (t.code[static_cast<size_t>(yy) * w + xx] == kUnknown) cx += xx + 0.5, cy += yy + 0.5, ++contacts;
+          // Only other regions occlude; unassigned object-like pixels (edges) merely stay unknown.
+          const int l = label[static_cast<size_t>(yy) * w + xx];
+          if (l != kNone && !mine(l)) cx += xx + 0.5, cy += yy + 0.5, ++contacts;
         }
     }
   // Outward normals from the gradient of the 3x3-smoothed mask, where the mask meets the background.
@@ -381,7 +383,7 @@ Target make_target(const std::vector<int>& label, const std::vector<uint8_t>& oc
       t.normal_sum += mag;
       for (int k = 3; k <= 5; ++k) t.normal_re[k] += mag * std::cos(k * theta), t.normal_im[k] += mag * std::sin(k * theta);
     }
-  t.occluded = contacts > 0;
+  t.occluded = contacts >= 2;
   if (t.occluded) {
     const double vx = cx / contacts - t.mx, vy = cy / contacts - t.my, len = std::hypot(vx, vy);
     if (len > 1e-6) t.dx = vx / len, t.dy = vy / len;
@@ -448,16 +450,16 @@ Fit refine(const Target& t, int shape, Fit f, double r0, double rot_step, int st
   const int levels = t.occluded ? 4 : 3;
   int evals = 0;
   f.score = fit_score(t, shape, f, stride);
-  for (int level = 0; level < levels && evals < 80; ++level) {
+  for (int level = 0; level < levels && evals < 60; ++level) {
     if (level == levels - 1 && stride != 1) stride = 1, f.score = fit_score(t, shape, f, stride);
     bool improved = true;
-    while (improved && evals < 80) {
+    while (improved && evals < 60) {
       improved = false;
       for (int p = 0; p < 4; ++p) {
         if (step[p] <= 0) continue;
         for (int sign : {1, -1}) {
           bool moved = false;
-          while (evals < 80) {
+          while (evals < 60) {
             Fit g = f;
             double* v[4] = {&g.cx, &g.cy, &g.r, &g.rot};
             *v[p] += sign * step[p];
