@@ -60,6 +60,10 @@ void validate_collage(const Collage& collage);
 void save_collage(const Collage& collage, const std::string& folder);
 Json collage_to_json(const Collage& collage);
 
+// The collage folders of a dataset, in order: the "collages" list of DIR/index.json when present (paths
+// relative to DIR), else every sub-folder holding a collage.json, sorted by name. Errors name the dataset.
+std::vector<std::string> list_collages(const std::string& dataset_dir);
+
 // The authors' demo format: an object {prompt, layers: [...], ...} (or a bare layer list, with `prompt`
 // given) whose layers have textPrompt, cacStrength, negativeStrength, noiseStrength,
 // transform{position{x,y},scale,rotation}, polygon [{x,y}], originalImgUrl (a path relative to the file,

@@ -227,6 +227,31 @@ void save_collage(const Collage& c, const std::string& folder) {
   write_json_file((fs::path(folder) / "collage.json").string(), j);
 }
 
+std::vector<std::string> list_collages(const std::string& dir) {
+  COLLAGE_CHECK_AT(fs::is_directory(dir), dir, "", "dataset folder not found");
+  std::vector<std::string> out;
+  const auto index = (fs::path(dir) / "index.json").string();
+  if (fs::exists(index)) {
+    const Json j = read_json_file(index);
+    COLLAGE_CHECK_AT(j.is_object() && j.contains("collages") && j["collages"].is_array(), index, "collages",
+                     "expected a list of collage folders");
+    for (size_t i = 0; i < j["collages"].size(); ++i) {
+      const auto& e = j["collages"][i];
+      COLLAGE_CHECK_AT(e.is_string(), index, fmt::format("collages[{}]", i), "expected a folder name");
+      const auto folder = (fs::path(dir) / e.get<std::string>()).string();
+      COLLAGE_CHECK_AT(fs::exists(fs::path(folder) / "collage.json"), index, fmt::format("collages[{}]", i),
+                       "'{}' has no collage.json", folder);
+      out.push_back(folder);
+    }
+    return out;
+  }
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.is_directory() && fs::exists(entry.path() / "collage.json")) out.push_back(entry.path().string());
+  std::sort(out.begin(), out.end());
+  COLLAGE_CHECK_AT(!out.empty(), dir, "", "no collages here (no sub-folder with a collage.json, no index.json)");
+  return out;
+}
+
 Collage import_demo_collage(const std::string& path, const std::string& prompt) {
   const Json j = read_json_file(path);
   const auto folder = fs::path(path).parent_path().string();

@@ -1,0 +1,33 @@
+// Collage dataset generators. A dataset is a folder of collage folders (collage.json + layer PNGs, see
+// datasets/README.md) plus an index.json naming them in order, with the generator's settings.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "collage/collage.h"
+#include "core/json.h"
+
+namespace collage::datasets {
+
+struct ShapesWorldCollageOptions {
+  int size = 64;                  // canvas side
+  int min_objects = 1, max_objects = 3;
+  double noise_strength = 0.8;    // s_i written into every layer (the runner may override)
+  double unnamed_probability = 0.5;  // chance an object carries an appearance its text does not name
+  uint64_t seed = 0;
+};
+
+// One collage whose layers are objects cut from OTHER scenes (other light, other tint, no shadow), stacked
+// on the background of yet another scene, placed where a target scene has them. The target scene (its
+// caption, light, tint and objects) is the ground truth; each layer's meta records its object (shape,
+// colour, pattern, shade, whether its text leaves part of its appearance unnamed), and the collage's meta
+// the target scene. Deterministic in `index` and options.seed.
+Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions& options);
+
+// Writes `n` collages to out/collage_00000/... and out/index.json; returns the collage folders.
+std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCollageOptions& options,
+                                                  const std::string& out);
+
+}  // namespace collage::datasets

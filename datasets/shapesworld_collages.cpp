@@ -1,0 +1,131 @@
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <random>
+
+#include "core/core.h"
+#include "datasets/collage_datasets.h"
+#include "datasets/shapesworld/shapesworld.h"
+
+namespace fs = std::filesystem;
+
+namespace collage::datasets {
+
+namespace sw = shapesworld;
+
+namespace {
+
+// The object's box on the canvas: its RGBA cut out, and the top-left corner.
+std::pair<at::Tensor, std::array<int64_t, 2>> cut_out(const at::Tensor& rgba) {
+  auto alpha = rgba[3] > 1.0 / 255;
+  auto rows = alpha.any(1).nonzero().squeeze(1), cols = alpha.any(0).nonzero().squeeze(1);
+  COLLAGE_CHECK(rows.numel() > 0, "ShapesWorld collage: an object rendered empty");
+  const int64_t r0 = rows.min().item<int64_t>(), r1 = rows.max().item<int64_t>() + 1;
+  const int64_t c0 = cols.min().item<int64_t>(), c1 = cols.max().item<int64_t>() + 1;
+  return {rgba.slice(1, r0, r1).slice(2, c0, c1).contiguous(), {c0, r0}};
+}
+
+}  // namespace
+
+Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions& o) {
+  std::mt19937_64 rng(o.seed * 1000003ull + index * 7919ull + 17);
+  std::uniform_real_distribution<double> unit(0, 1);
+  sw::SampleOptions so;
+  so.min_objects = o.min_objects;
+  so.max_objects = o.max_objects;
+  so.pattern_probability = 0.5;
+  so.shade_probability = 0.5;
+  so.max_shade = 0.2;
+  const auto target = sw::sample_scene(rng(), so);
+  const auto tints = sw::tint_names();
+  // Another scene's background: same kind of ground, its own tint and texture.
+  sw::SceneSpec background_scene = target;
+  background_scene.objects.clear();
+  background_scene.tint = tints[rng() % tints.size()];
+  background_scene.texture_seed = rng();
+
+  Collage c;
+  c.width = c.height = o.size;
+  // Texts from the world's own caption grammar (what the embedded model was trained on): every object named
+  // by colour and shape; a pattern is left out with probability unnamed_probability, a shade never named,
+  // so only the layer's pixels carry that part of its appearance.
+  sw::CaptionOptions co;
+  co.colour_probability = 1.0;
+  co.pattern_probability = 1.0 - o.unnamed_probability;
+  co.background_probability = 1.0;
+  co.tint_probability = 1.0;
+  const auto cap = sw::make_caption(target, rng(), co);
+  c.prompt = cap.text;
+  const auto& phrases = cap.object_phrases;
+  std::vector<bool> unnamed;
+  for (size_t i = 0; i < target.objects.size(); ++i) {
+    const auto& obj = target.objects[i];
+    const bool pattern_named = phrases[i].find(obj.pattern) != std::string::npos;
+    unnamed.push_back((obj.pattern != "plain" && !pattern_named) || obj.shade != 0);
+  }
+  const auto ground = cap.background_phrase;
+  Layer bg;
+  bg.name = "background";
+  bg.text = ground;
+  auto bg_rgb = sw::render_background(background_scene, o.size, o.size);
+  bg.rgba = at::cat({bg_rgb, at::ones({1, o.size, o.size})}, 0);
+  bg.noise_strength = o.noise_strength;
+  bg.meta = Json{{"background", target.background}, {"tint", background_scene.tint}};
+  c.layers.push_back(bg);
+  for (size_t i = 0; i < target.objects.size(); ++i) {
+    const auto& obj = target.objects[i];
+    // Lit from elsewhere, tinted otherwise: what a collage made of other photos looks like.
+    sw::SceneSpec lighting;
+    lighting.background = target.background;
+    lighting.tint = tints[rng() % tints.size()];
+    lighting.light_angle_deg = std::fmod(target.light_angle_deg + 90 + 180 * unit(rng), 360.0);
+    auto rgba = sw::render_object_rgba(obj, lighting, o.size, o.size);
+    auto [cut, corner] = cut_out(rgba);
+    Layer l;
+    l.name = fmt::format("object_{}", i);
+    l.text = phrases[i];
+    l.rgba = cut;
+    l.transform.x = static_cast<double>(corner[0]);
+    l.transform.y = static_cast<double>(corner[1]);
+    l.noise_strength = o.noise_strength;
+    l.meta = Json{{"object", sw::to_json(obj)},
+                  {"unnamed_appearance", static_cast<bool>(unnamed[i])},
+                  {"source_tint", lighting.tint},
+                  {"source_light_deg", lighting.light_angle_deg}};
+    c.layers.push_back(l);
+  }
+  c.meta = Json{{"generator", "shapesworld"},
+                {"index", index},
+                {"seed", o.seed},
+                {"target_scene", sw::to_json(target)}};
+  validate_collage(c);
+  return c;
+}
+
+std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCollageOptions& o,
+                                                  const std::string& out) {
+  COLLAGE_CHECK_AT(n > 0, "", "--n", "the number of collages must be positive, got {}", n);
+  COLLAGE_CHECK_AT(o.size >= 32 && o.size % 8 == 0, "", "--size", "canvas size must be >= 32 and divisible by 8");
+  fs::create_directories(out);
+  std::vector<std::string> folders;
+  Json index{{"generator", "shapesworld"},
+             {"options",
+              {{"size", o.size},
+               {"min_objects", o.min_objects},
+               {"max_objects", o.max_objects},
+               {"noise_strength", o.noise_strength},
+               {"unnamed_probability", o.unnamed_probability},
+               {"seed", o.seed}}},
+             {"collages", Json::array()}};
+  for (int64_t i = 0; i < n; ++i) {
+    const auto name = fmt::format("collage_{:05d}", i);
+    auto c = make_shapesworld_collage(static_cast<uint64_t>(i), o);
+    save_collage(c, (fs::path(out) / name).string());
+    folders.push_back((fs::path(out) / name).string());
+    index["collages"].push_back(name);
+  }
+  write_json_file((fs::path(out) / "index.json").string(), index);
+  return folders;
+}
+
+}  // namespace collage::datasets

@@ -1,0 +1,62 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/core.h"
+#include "datasets/collage_datasets.h"
+#include "datasets/shapesworld/shapesworld.h"
+#include "test_util.h"
+
+using namespace collage;
+namespace sw = collage::shapesworld;
+
+TEST(ShapesWorldCollages, DeterministicValidAndPlacedLikeTheTarget) {
+  datasets::ShapesWorldCollageOptions o;
+  o.seed = 3;
+  int64_t objects = 0, unnamed = 0;
+  for (uint64_t i = 0; i < 40; ++i) {
+    auto c = datasets::make_shapesworld_collage(i, o);
+    auto again = datasets::make_shapesworld_collage(i, o);
+    ASSERT_EQ(c.prompt, again.prompt);
+    ASSERT_TRUE(torch::equal(flatten(c), flatten(again)));
+    EXPECT_NO_THROW(validate_collage(c));
+    EXPECT_EQ(c.width, 64);
+    auto target = sw::scene_from_json(c.meta["target_scene"]);
+    ASSERT_EQ(c.layers.size(), target.objects.size() + 1);
+    auto rendered = sw::render(target, 64, 64);
+    auto v = visible_masks(place_layers(c));
+    for (size_t k = 0; k < target.objects.size(); ++k) {
+      const auto& layer = c.layers[k + 1];
+      ++objects;
+      // The layer sits where the target scene has its object.
+      auto a = v[static_cast<int64_t>(k + 1)] > 0.5, b = rendered.objects[k].visible_mask > 0.5;
+      const double iou = (a & b).sum().item<double>() / std::max(1.0, (a | b).sum().item<double>());
+      EXPECT_GT(iou, 0.9) << "collage " << i << " object " << k;
+      // The text names shape and colour; unnamed_appearance flags what it leaves out.
+      const auto& obj = target.objects[k];
+      EXPECT_NE(layer.text.find(obj.shape), std::string::npos);
+      EXPECT_NE(layer.text.find(obj.colour), std::string::npos);
+      const bool pattern_named = layer.text.find(obj.pattern) != std::string::npos;
+      EXPECT_EQ(layer.meta["unnamed_appearance"].get<bool>(),
+                (obj.pattern != "plain" && !pattern_named) || obj.shade != 0);
+      unnamed += layer.meta["unnamed_appearance"].get<bool>();
+      EXPECT_NE(c.prompt.find(layer.text), std::string::npos);
+    }
+    // Naive: the collage is not the target render (other lights and tints, no shadows).
+    EXPECT_GT((flatten(c) - rendered.image).abs().mean().item<double>(), 0.005) << "collage " << i;
+  }
+  EXPECT_GT(unnamed, objects / 5);  // TI has something to learn on a fair share of layers
+  EXPECT_LT(unnamed, objects);
+}
+
+TEST(ShapesWorldCollages, DatasetFolderWithIndex) {
+  auto dir = test::temp_dir("sw_dataset");
+  datasets::ShapesWorldCollageOptions o;
+  auto folders = datasets::make_shapesworld_dataset(5, o, dir);
+  ASSERT_EQ(folders.size(), 5u);
+  auto listed = list_collages(dir);
+  EXPECT_EQ(listed, folders);
+  auto c = load_collage(listed[3]);
+  EXPECT_TRUE(torch::allclose(flatten(c), flatten(datasets::make_shapesworld_collage(3, o)), 0, 2.0 / 255));
+  auto msg = test::expect_error([&] { datasets::make_shapesworld_dataset(0, o, dir); });
+  EXPECT_NE(msg.find("--n"), std::string::npos);
+}
