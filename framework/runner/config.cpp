@@ -1,0 +1,288 @@
+// Experiment configs: parsing, validation (before any work), grid expansion and stable run ids.
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "core/core.h"
+#include "datasets/collage_datasets.h"
+#include "metrics/plugins.h"
+#include "runner/runner.h"
+
+namespace fs = std::filesystem;
+
+namespace collage::runner {
+
+namespace {
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string value_text(const Json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_float()) {
+    std::string s = fmt::format("{:g}", v.get<double>());
+    return s;
+  }
+  return v.dump();
+}
+
+// Re-throws a MethodSpec::parse error with the config path and a config key.
+[[noreturn]] void rethrow_spec_error(const Error& e, const std::string& path, const std::string& run_where,
+                                     const Json& grid_keys) {
+  std::string field = e.field();
+  std::string key;
+  if (field.rfind("params.", 0) == 0) {
+    const std::string name = field.substr(7);
+    key = run_where + (grid_keys.contains(name) ? ".grid." : ".params.") + name;
+  } else if (field == "params") {
+    key = run_where + ".params";
+  } else {
+    key = run_where + ".method";
+    if (!field.empty() && field != e.message()) key += " (" + field + ")";
+  }
+  throw Error(e.message(), path, key);
+}
+
+}  // namespace
+
+std::string run_id(const MethodSpec& spec) {
+  const std::string canon = spec.text + "|" + spec.params.dump();
+  return fmt::format("{:010x}", fnv1a(canon) & 0xffffffffffull);
+}
+
+Json ExperimentConfig::settings() const {
+  Json s = Json::object();
+  s["model"] = model;
+  s["seeds"] = seeds;
+  s["steps"] = steps;
+  s["guidance"] = guidance;
+  s["scheduler"] = scheduler;
+  s["negative_prompt"] = negative_prompt;
+  return s;
+}
+
+ExperimentConfig parse_config_text(const std::string& text, const std::string& path) {
+  Json j;
+  try {
+    j = Json::parse(text, nullptr, true, /*ignore_comments=*/true);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("not valid JSON: {}", e.what()), path);
+  }
+  return parse_config(j, path);
+}
+
+ExperimentConfig load_config(const std::string& path) {
+  std::ifstream in(path);
+  COLLAGE_CHECK_AT(in.good(), path, "", "cannot read the experiment config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config_text(ss.str(), path);
+}
+
+ExperimentConfig parse_config(const Json& j, const std::string& path) {
+  COLLAGE_CHECK_AT(j.is_object(), path, "", "an experiment config must be a JSON object");
+  ExperimentConfig c;
+  c.path = path;
+  c.json = j;
+  static const std::set<std::string> known = {"dataset", "model",   "seeds",     "steps",   "guidance",
+                                              "scheduler", "negative_prompt", "metrics", "segmenter", "clip", "clip_tokenizer",
+                                              "lpips",   "save",    "runs",      "max_collages", "description"};
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!known.count(it.key()) && it.key().rfind("_", 0) != 0)
+      throw Error(fmt::format("unknown key (valid keys: {})", fmt::join(known, ", ")), path, it.key());
+  JsonReader r(j, path);
+  // ---- dataset
+  COLLAGE_CHECK_AT(j.contains("dataset"), path, "dataset", "required key is missing");
+  const Json& d = j["dataset"];
+  if (d.is_string()) {
+    std::string folder = d.get<std::string>();
+    fs::path p(folder);
+    if (!fs::exists(p) && !path.empty() && p.is_relative()) {
+      auto alt = fs::path(path).parent_path() / p;
+      if (fs::exists(alt)) p = alt;
+    }
+    COLLAGE_CHECK_AT(fs::is_directory(p), path, "dataset", "dataset folder '{}' does not exist", folder);
+    c.dataset.folder = p.string();
+  } else if (d.is_object() && d.contains("generate")) {
+    const Json& g = d["generate"];
+    COLLAGE_CHECK_AT(g.is_object(), path, "dataset.generate", "must be an object {{world, n, seed, size}}");
+    JsonReader gr(g, path, "dataset.generate.");
+    c.dataset.generate = true;
+    c.dataset.world = gr.get<std::string>("world", "shapesworld");
+    c.dataset.n = gr.get<int64_t>("n", 8);
+    c.dataset.seed = gr.get<uint64_t>("seed", 0);
+    c.dataset.size = gr.get<int64_t>("size", 64);
+    for (const auto& k : gr.unused_keys()) throw Error("unknown key (valid: world, n, seed, size)", path, "dataset.generate." + k);
+    COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
+                     "unknown world '{}' (valid: shapesworld)", c.dataset.world);
+    COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
+    COLLAGE_CHECK_AT(c.dataset.size >= 16 && c.dataset.size % 8 == 0, path, "dataset.generate.size",
+                     "must be a multiple of 8, at least 16");
+  } else {
+    throw Error("expected a dataset folder or {\"generate\": {\"world\": \"shapesworld\", \"n\": 8, \"seed\": 0}}",
+                path, "dataset");
+  }
+  // ---- settings
+  c.model = r.get<std::string>("model", "");
+  if (j.contains("seeds")) {
+    const Json& s = j["seeds"];
+    COLLAGE_CHECK_AT(s.is_array() && !s.empty(), path, "seeds", "must be a non-empty list of seeds");
+    c.seeds.clear();
+    for (size_t i = 0; i < s.size(); ++i) {
+      COLLAGE_CHECK_AT(s[i].is_number_integer() && s[i].get<int64_t>() >= 0, path, fmt::format("seeds[{}]", i),
+                       "a seed is a non-negative integer, got {}", s[i].dump());
+      c.seeds.push_back(s[i].get<uint64_t>());
+    }
+  }
+  c.steps = r.get<int64_t>("steps", 30);
+  COLLAGE_CHECK_AT(c.steps > 0, path, "steps", "must be positive");
+  c.guidance = r.get<double>("guidance", 5.0);
+  c.scheduler = r.get<std::string>("scheduler", "");
+  c.negative_prompt = r.get<std::string>("negative_prompt", "");
+  c.segmenter = r.get<std::string>("segmenter", "auto");
+  c.clip = r.get<std::string>("clip", "");
+  c.lpips = r.get<std::string>("lpips", "");
+  c.clip_tokenizer = r.get<std::string>("clip_tokenizer", "");
+  c.limit_collages = r.get<int64_t>("max_collages", -1);
+  // ---- metrics
+  const auto& reg = metrics::builtin_metrics();
+  if (j.contains("metrics")) {
+    const Json& m = j["metrics"];
+    COLLAGE_CHECK_AT(m.is_array(), path, "metrics", "must be a list of metric names");
+    for (size_t i = 0; i < m.size(); ++i) {
+      const std::string key = fmt::format("metrics[{}]", i);
+      COLLAGE_CHECK_AT(m[i].is_string(), path, key, "a metric name is a string, got {}", m[i].dump());
+      const auto name = m[i].get<std::string>();
+      if (!reg.has(name) || reg.info(name).kind != metrics::MetricKind::per_image)
+        throw Error(fmt::format("unknown per-image metric '{}' (valid: {})", name,
+                                fmt::join(metrics::per_image_metric_names(reg), ", ")),
+                    path, key);
+      c.metrics.push_back(name);
+    }
+  }
+  // ---- save
+  if (j.contains("save")) {
+    const Json& s = j["save"];
+    COLLAGE_CHECK_AT(s.is_object(), path, "save", "must be an object {{latents, attention}}");
+    JsonReader sr(s, path, "save.");
+    c.save_latents = sr.get<bool>("latents", false);
+    c.save_attention = sr.get<bool>("attention", false);
+    for (const auto& k : sr.unused_keys()) throw Error("unknown key (valid: latents, attention)", path, "save." + k);
+  }
+  // ---- runs
+  COLLAGE_CHECK_AT(j.contains("runs"), path, "runs", "required key is missing");
+  const Json& runs = j["runs"];
+  COLLAGE_CHECK_AT(runs.is_array() && !runs.empty(), path, "runs", "must be a non-empty list of runs");
+  std::set<std::string> ids;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const std::string where = fmt::format("runs[{}]", i);
+    const Json& run = runs[i];
+    COLLAGE_CHECK_AT(run.is_object(), path, where, "a run is an object {{method, params, grid}}");
+    for (auto it = run.begin(); it != run.end(); ++it)
+      if (it.key() != "method" && it.key() != "params" && it.key() != "grid" && it.key().rfind("_", 0) != 0)
+        throw Error("unknown key (valid: method, params, grid)", path, where + "." + it.key());
+    COLLAGE_CHECK_AT(run.contains("method") && run["method"].is_string(), path, where + ".method",
+                     "required: a method spec string such as \"sdedit+ca\"");
+    const std::string method = run["method"].get<std::string>();
+    Json params = run.value("params", Json::object());
+    COLLAGE_CHECK_AT(params.is_object(), path, where + ".params", "must be an object of parameter values");
+    Json grid = run.value("grid", Json::object());
+    COLLAGE_CHECK_AT(grid.is_object(), path, where + ".grid", "must be an object {{parameter: [values...]}}");
+    std::vector<std::pair<std::string, Json>> axes;
+    for (auto it = grid.begin(); it != grid.end(); ++it) {
+      const std::string key = where + ".grid." + it.key();
+      COLLAGE_CHECK_AT(it.value().is_array(), path, key, "a grid entry must be a list of values, got {}",
+                       it.value().dump());
+      COLLAGE_CHECK_AT(!it.value().empty(), path, key, "the grid list is empty");
+      COLLAGE_CHECK_AT(!params.contains(it.key()), path, key, "set both in params and in grid");
+      axes.emplace_back(it.key(), it.value());
+    }
+    // Cartesian product, the first axis varying slowest.
+    std::vector<Json> points{Json::object()};
+    for (const auto& [name, values] : axes) {
+      std::vector<Json> next;
+      for (const auto& p : points)
+        for (const auto& v : values) {
+          Json q = p;
+          q[name] = v;
+          next.push_back(q);
+        }
+      points = std::move(next);
+    }
+    for (const auto& point : points) {
+      Json all = params;
+      for (auto it = point.begin(); it != point.end(); ++it) all[it.key()] = it.value();
+      MethodSpec spec;
+      try {
+        spec = MethodSpec::parse(method, all, path);
+      } catch (const Error& e) {
+        rethrow_spec_error(e, path, where, grid);
+      }
+      RunSpec rs;
+      rs.method = spec.text;
+      rs.params = spec.params;
+      rs.overrides = all;
+      rs.id = run_id(spec);
+      rs.where = where;
+      rs.label = spec.text;
+      for (auto it = all.begin(); it != all.end(); ++it) rs.label += " " + it.key() + "=" + value_text(it.value());
+      if (ids.count(rs.id)) continue;  // the same run twice (e.g. a default repeated in a grid)
+      ids.insert(rs.id);
+      c.runs.push_back(std::move(rs));
+    }
+  }
+  return c;
+}
+
+std::vector<NamedCollage> load_dataset(const ExperimentConfig& config) {
+  std::vector<NamedCollage> out;
+  if (config.dataset.generate) {
+    datasets::ShapesWorldCollageOptions o;
+    o.size = static_cast<int>(config.dataset.size);
+    o.seed = config.dataset.seed;
+    for (int64_t i = 0; i < config.dataset.n; ++i) {
+      NamedCollage nc;
+      nc.name = fmt::format("sw{}_{:05d}", config.dataset.seed, i);
+      nc.collage = datasets::make_shapesworld_collage(static_cast<uint64_t>(i), o);
+      out.push_back(std::move(nc));
+    }
+  } else {
+    for (const auto& folder : list_collages(config.dataset.folder)) {
+      NamedCollage nc;
+      nc.name = fs::path(folder).filename().string();
+      if (nc.name.empty() || nc.name == "collage.json") nc.name = fs::path(folder).parent_path().filename().string();
+      nc.collage = load_collage(folder);
+      out.push_back(std::move(nc));
+    }
+  }
+  if (config.limit_collages >= 0 && static_cast<int64_t>(out.size()) > config.limit_collages)
+    out.resize(static_cast<size_t>(config.limit_collages));
+  for (auto& nc : out)
+    for (auto& ch : nc.name)
+      if (ch == '/' || ch == '.' || ch == ' ') ch = '_';
+  COLLAGE_CHECK_AT(!out.empty(), config.path, "dataset", "the dataset has no collages");
+  return out;
+}
+
+std::pair<int, int> parse_shard(const std::string& text) {
+  const auto slash = text.find('/');
+  try {
+    COLLAGE_CHECK(slash != std::string::npos, "x");
+    const int i = std::stoi(text.substr(0, slash)), n = std::stoi(text.substr(slash + 1));
+    COLLAGE_CHECK_AT(n >= 1 && i >= 0 && i < n, "", "--shard", "expected i/N with 0 <= i < N, got '{}'", text);
+    return {i, n};
+  } catch (const Error& e) {
+    if (e.field() == "--shard") throw;
+  } catch (const std::exception&) {
+  }
+  throw Error(fmt::format("expected i/N with 0 <= i < N, got '{}'", text), "", "--shard");
+}
+
+}  // namespace collage::runner

@@ -1,0 +1,130 @@
+// Reports: per run and metric, the mean and 95 % interval over items (Markdown and CSV).
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/core.h"
+#include "metrics/metrics.h"
+#include "runner/runner.h"
+
+namespace cm = collage::metrics;
+
+namespace collage::runner {
+
+std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows) {
+  // Runs in order of first appearance sorted by label; metrics in order of first appearance.
+  std::map<std::pair<std::string, std::string>, std::vector<double>> values;
+  std::map<std::string, const ScoreRow*> run_info;
+  std::vector<std::string> metric_order;
+  for (const auto& r : rows) {
+    if (!run_info.count(r.run_id)) run_info[r.run_id] = &r;
+    if (std::find(metric_order.begin(), metric_order.end(), r.metric) == metric_order.end())
+      metric_order.push_back(r.metric);
+    auto& v = values[{r.run_id, r.metric}];
+    if (std::isfinite(r.value)) v.push_back(r.value);
+  }
+  std::vector<std::pair<std::string, std::string>> runs;  // (label, id)
+  for (const auto& [id, r] : run_info) runs.emplace_back(r->label, id);
+  std::sort(runs.begin(), runs.end());
+  std::vector<ReportRow> out;
+  for (const auto& [label, id] : runs)
+    for (const auto& metric : metric_order) {
+      auto it = values.find({id, metric});
+      if (it == values.end()) continue;
+      const auto& v = it->second;
+      ReportRow rr;
+      rr.run_id = id;
+      rr.method = run_info[id]->method;
+      rr.label = label;
+      rr.metric = metric;
+      rr.n = static_cast<int64_t>(v.size());
+      if (v.empty()) {
+        rr.mean = rr.sd = rr.lo = rr.hi = std::nan("");
+      } else {
+        double s = 0;
+        for (double x : v) s += x;
+        rr.mean = s / static_cast<double>(v.size());
+        double ss = 0;
+        for (double x : v) ss += (x - rr.mean) * (x - rr.mean);
+        rr.sd = v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0;
+        const double half = 1.96 * rr.sd / std::sqrt(static_cast<double>(v.size()));
+        rr.lo = rr.mean - half;
+        rr.hi = rr.mean + half;
+      }
+      out.push_back(rr);
+    }
+  return out;
+}
+
+namespace {
+std::vector<ScoreRow> store_rows(const std::string& store) {
+  auto rows = read_scores_table(store);
+  if (rows.empty()) rows = read_scores(store);
+  return rows;
+}
+}  // namespace
+
+std::string report_markdown(const std::string& store) {
+  const auto rows = store_rows(store);
+  const auto summary = summarise(rows);
+  std::vector<std::string> metrics_order, runs_order;
+  std::map<std::string, std::string> labels;
+  std::map<std::pair<std::string, std::string>, const ReportRow*> cell;
+  std::map<std::string, int64_t> items_per_run;
+  for (const auto& r : summary) {
+    if (std::find(metrics_order.begin(), metrics_order.end(), r.metric) == metrics_order.end())
+      metrics_order.push_back(r.metric);
+    if (std::find(runs_order.begin(), runs_order.end(), r.run_id) == runs_order.end()) runs_order.push_back(r.run_id);
+    labels[r.run_id] = r.label;
+    cell[{r.run_id, r.metric}] = &r;
+    items_per_run[r.run_id] = std::max(items_per_run[r.run_id], r.n);
+  }
+  std::ostringstream os;
+  std::set<std::string> items;
+  for (const auto& r : rows) items.insert(r.item);
+  os << fmt::format("{}: {} items, {} runs; mean and 95 % interval (mean +- 1.96 sd/sqrt(n)) over items\n\n", store,
+                    items.size(), runs_order.size());
+  os << "| run | id | n |";
+  for (const auto& m : metrics_order) {
+    std::string arrow;
+    if (cm::builtin_metrics().has(m))
+      arrow = cm::builtin_metrics().info(m).direction == cm::Direction::higher_is_better ? " (higher better)"
+                                                                                          : " (lower better)";
+    os << " " << m << arrow << " |";
+  }
+  os << "\n|---|---|---:|";
+  for (size_t i = 0; i < metrics_order.size(); ++i) os << "---:|";
+  os << "\n";
+  for (const auto& id : runs_order) {
+    os << "| " << labels[id] << " | " << id << " | " << items_per_run[id] << " |";
+    for (const auto& m : metrics_order) {
+      auto it = cell.find({id, m});
+      if (it == cell.end() || it->second->n == 0)
+        os << " - |";
+      else
+        os << fmt::format(" {:.4f} ± {:.4f} |", it->second->mean, it->second->hi - it->second->mean);
+    }
+    os << "\n";
+  }
+  return os.str();
+}
+
+void write_report_csv(const std::string& store, const std::string& csv_path) {
+  const auto summary = summarise(store_rows(store));
+  std::ofstream out(csv_path);
+  COLLAGE_CHECK_AT(out.good(), csv_path, "", "cannot write the CSV file");
+  auto quote = [](const std::string& s) {
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+  };
+  out << "run_id,method,label,metric,n,mean,sd,ci95_low,ci95_high\n";
+  for (const auto& r : summary)
+    out << fmt::format("{},{},{},{},{},{:.8g},{:.8g},{:.8g},{:.8g}\n", r.run_id, quote(r.method), quote(r.label),
+                       r.metric, r.n, r.mean, r.sd, r.lo, r.hi);
+}
+
+}  // namespace collage::runner

@@ -1,0 +1,136 @@
+// The experiment runner: JSON experiment configs (methods x parameter grids x collages x seeds), sweeps that
+// write every finished item to an HDF5 store at once (resumable, shardable), merging shard files, and
+// reports (mean and 95 % interval per run and metric). Store schema: framework/runner/README.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "collage/collage.h"
+#include "core/json.h"
+#include "methods/methods.h"
+
+namespace collage {
+class StableDiffusion;
+}
+
+namespace collage::runner {
+
+// One run: a method spec with all its parameters (defaults filled in) and a stable id.
+struct RunSpec {
+  std::string id;            // short hash of (normalised spec, full params): stable across config edits
+  std::string method;        // normalised spec, e.g. "sdedit+ca"
+  Json params;               // every parameter, defaults filled in (MethodSpec::params)
+  Json overrides;            // the parameters the config set (params + grid point), for labels
+  std::string label;         // "sdedit+ca strength=0.5 ca_w_pos=0.3"
+  std::string where;         // "runs[1]" (config location)
+};
+
+// The stable id of a method spec + parameters (10 hex digits of a 64-bit FNV-1a hash).
+std::string run_id(const MethodSpec& spec);
+
+struct DatasetSpec {
+  std::string folder;              // a collage dataset folder (resolved), or "" when generated
+  bool generate = false;           // generated in memory
+  std::string world = "shapesworld";
+  int64_t n = 8;
+  uint64_t seed = 0;
+  int64_t size = 64;
+};
+
+struct ExperimentConfig {
+  std::string path;               // the config file ("" when parsed from text)
+  Json json;                      // the config as parsed
+  DatasetSpec dataset;
+  std::string model;              // "" = the embedded default model
+  std::vector<uint64_t> seeds{0};
+  int64_t steps = 30;
+  double guidance = 5.0;
+  std::string scheduler;          // "" = the model's own
+  std::string negative_prompt;
+  std::vector<std::string> metrics;
+  std::string segmenter = "auto";
+  std::string clip, clip_tokenizer, lpips;  // metric model folders ("" = assets/ defaults when present)
+  bool save_latents = false, save_attention = false;
+  int64_t limit_collages = -1;    // "max_collages": use only the first K collages of the dataset
+  std::vector<RunSpec> runs;
+
+  // Settings that must match when a sweep resumes into an existing store.
+  Json settings() const;
+};
+
+// Parses and validates a config (no model work). Errors name `path` and the key, e.g.
+// "experiments/x.json: 'runs[1].grid.strength': the grid list is empty".
+ExperimentConfig parse_config(const Json& json, const std::string& path);
+ExperimentConfig parse_config_text(const std::string& text, const std::string& path);
+ExperimentConfig load_config(const std::string& path);
+
+// A collage of the dataset, named for the store.
+struct NamedCollage {
+  std::string name;
+  Collage collage;
+};
+// Loads (or generates) the dataset's collages, validated.
+std::vector<NamedCollage> load_dataset(const ExperimentConfig& config);
+
+struct SweepOptions {
+  std::string out;                 // results/NAME.h5
+  int shard_index = 0, shard_count = 1;
+  int64_t limit = -1;              // at most this many units (collage x run) this invocation; -1 = all
+  std::string model_override;      // --model
+  std::string device = "cpu", dtype = "auto";
+  std::string cache_dir;           // TI cache; "" = <out without .h5>.cache next to the output
+  bool quiet = false;
+  std::function<void(const std::string&)> log;  // progress lines (default: stderr)
+};
+
+struct SweepSummary {
+  int64_t units_total = 0;         // units of this shard
+  int64_t units_done_before = 0;   // already in the store
+  int64_t units_run = 0;           // run this invocation
+  int64_t items_written = 0;
+  double wall_s = 0;               // the whole invocation (loading included)
+  double load_s = 0;               // model + metric models
+  double method_s = 0;             // sum of the method calls' "total" timings
+  double scoring_s = 0, write_s = 0;
+};
+
+// Parses "i/N" (errors name --shard).
+std::pair<int, int> parse_shard(const std::string& text);
+
+SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& options);
+
+// Combines shard stores into `out` (items, runs, collages; root attributes of the first input) and rebuilds
+// the scores table. Inputs must come from the same experiment settings.
+void merge_stores(const std::string& out, const std::vector<std::string>& inputs);
+
+// ---- reading a store back
+
+struct ScoreRow {
+  std::string item, collage, run_id, method, label;
+  uint64_t seed = 0;
+  std::string metric;
+  double value = 0;  // NaN when skipped / not scored
+};
+std::vector<ScoreRow> read_scores(const std::string& store);  // from the items (not the table)
+std::vector<ScoreRow> read_scores_table(const std::string& store);
+std::vector<std::string> list_items(const std::string& store);  // complete items, sorted
+Json read_item_attrs(const std::string& store, const std::string& item);
+
+// Rebuilds /scores_table from the items.
+void rebuild_scores_table(const std::string& store);
+
+struct ReportRow {
+  std::string run_id, method, label, metric;
+  int64_t n = 0;
+  double mean = 0, sd = 0, lo = 0, hi = 0;  // 95 %: mean +- 1.96 sd / sqrt(n)
+};
+std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows);
+std::string report_markdown(const std::string& store);
+void write_report_csv(const std::string& store, const std::string& csv_path);
+
+}  // namespace collage::runner

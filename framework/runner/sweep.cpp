@@ -1,0 +1,478 @@
+// Sweeps: every (collage, run) unit with all its seeds as one batch, scored and written to the HDF5 store at once.
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <set>
+
+#include "core/core.h"
+#include "diffusion/pipeline.h"
+#include "metrics/plugins.h"
+#include "runner/h5.h"
+#include "runner/runner.h"
+
+namespace fs = std::filesystem;
+namespace cm = collage::metrics;
+
+namespace collage::runner {
+
+namespace {
+
+double now() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<fs::path> search_roots() {
+  std::vector<fs::path> roots{fs::current_path()};
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n > 0) {
+    buf[n] = 0;
+    auto exe = fs::path(buf).parent_path();
+    roots.push_back(exe.parent_path());
+    roots.push_back(exe);
+    roots.push_back(exe.parent_path().parent_path());
+  }
+  return roots;
+}
+
+std::string find_shipped(const std::string& relative, const std::string& marker) {
+  for (const auto& root : search_roots()) {
+    auto candidate = root / relative;
+    if (marker.empty() ? fs::is_directory(candidate) : fs::exists(candidate / marker)) return candidate.string();
+  }
+  return {};
+}
+
+// A path from the config: as given when it exists, else relative to the config's folder.
+std::string resolve_path(const std::string& p, const std::string& config_path) {
+  if (p.empty() || fs::exists(p) || fs::path(p).is_absolute() || config_path.empty()) return p;
+  auto alt = fs::path(config_path).parent_path() / p;
+  return fs::exists(alt) ? alt.string() : p;
+}
+
+std::string item_name(const std::string& collage, const std::string& run, uint64_t seed) {
+  return fmt::format("{}__{}__seed{}", collage, run, seed);
+}
+
+bool needs_any(const std::vector<std::string>& names, cm::Need need) {
+  for (const auto& n : names)
+    if (cm::builtin_metrics().info(n).needs.has(need)) return true;
+  return false;
+}
+
+// Everything (besides the image) written for one item.
+struct ItemRecord {
+  std::string name, collage, run_id, method, label;
+  uint64_t seed = 0;
+  Json params, timings;
+  cm::Scores scores;
+  at::Tensor image;      // (3, H, W) float in [0, 1]
+  at::Tensor latents;    // optional (C, h, w)
+  at::Tensor attention;  // optional (L, h, w)
+};
+
+void write_float_tensor(hid_t loc, const std::string& name, const at::Tensor& t) {
+  auto c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  std::vector<hsize_t> dims;
+  for (auto d : c.sizes()) dims.push_back(static_cast<hsize_t>(d));
+  h5::write_array(loc, name, H5T_NATIVE_FLOAT, dims, c.data_ptr<float>());
+}
+
+void write_item(hid_t file, const ItemRecord& r) {
+  const std::string path = "items/" + r.name;
+  h5::remove(file, path);
+  h5::Handle g = h5::ensure_group(file, path);
+  auto img = to_uint8_hwc(r.image).contiguous();
+  std::vector<hsize_t> dims{static_cast<hsize_t>(img.size(0)), static_cast<hsize_t>(img.size(1)),
+                            static_cast<hsize_t>(img.size(2))};
+  h5::write_array(g, "image", H5T_NATIVE_UINT8, dims, img.data_ptr<uint8_t>());
+  h5::set_attr(g, "collage", r.collage);
+  h5::set_attr(g, "run_id", r.run_id);
+  h5::set_attr(g, "method", r.method);
+  h5::set_attr(g, "label", r.label);
+  h5::set_attr(g, "seed", static_cast<int64_t>(r.seed));
+  h5::set_attr(g, "params", r.params.dump());
+  h5::set_attr(g, "timings", r.timings.dump());
+  h5::Handle s = h5::ensure_group(g, "scores");
+  for (const auto& [metric, v] : r.scores) {
+    h5::write_double(s, metric, v.skipped ? cm::kNaN : v.value);
+    if (v.skipped) {
+      h5::Handle d(H5Dopen2(s, metric.c_str(), H5P_DEFAULT));
+      h5::set_attr(d, "skip_reason", v.skip_reason);
+    }
+    if (!v.per_layer.empty()) h5::write_doubles(s, metric + ".per_layer", v.per_layer);
+  }
+  if (r.latents.defined()) write_float_tensor(g, "latents", r.latents);
+  if (r.attention.defined()) write_float_tensor(g, "attention", r.attention);
+  h5::set_attr(g, "complete", static_cast<int64_t>(1));  // written last: the item is whole
+}
+
+bool item_complete(hid_t file, const std::string& name) {
+  const std::string path = "items/" + name;
+  if (!h5::exists(file, path)) return false;
+  h5::Handle g = h5::open_group(file, path);
+  return h5::has_attr(g, "complete");
+}
+
+void write_collage_entry(hid_t file, const NamedCollage& nc) {
+  const std::string path = "collages/" + nc.name;
+  if (h5::exists(file, path)) return;
+  h5::Handle g = h5::ensure_group(file, path);
+  write_float_tensor(g, "visible_masks", visible_masks(place_layers(nc.collage)));
+  h5::set_attr(g, "prompt", nc.collage.prompt);
+  Json layers = Json::array();
+  for (const auto& l : nc.collage.layers) layers.push_back({{"name", l.name}, {"text", l.text}});
+  h5::set_attr(g, "layers", layers.dump());
+  h5::set_attr(g, "source", nc.collage.file.empty() ? std::string("generated") : nc.collage.file);
+}
+
+void write_run_entry(hid_t file, const RunSpec& r) {
+  const std::string path = "runs/" + r.id;
+  if (h5::exists(file, path)) return;
+  h5::Handle g = h5::ensure_group(file, path);
+  h5::set_attr(g, "method", r.method);
+  h5::set_attr(g, "params", r.params.dump());
+  h5::set_attr(g, "label", r.label);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+
+SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& options) {
+  const double t_start = now();
+  SweepSummary summary;
+  auto log = options.log ? options.log : [](const std::string& s) { std::cerr << s << "\n"; };
+  COLLAGE_CHECK_AT(!options.out.empty(), "", "--out", "no output file given");
+  COLLAGE_CHECK_AT(options.shard_count >= 1 && options.shard_index >= 0 && options.shard_index < options.shard_count,
+                   "", "--shard", "bad shard {}/{}", options.shard_index, options.shard_count);
+  // ---- everything that can fail cheaply, before any model work
+  const auto collages = load_dataset(config);
+  std::string model = options.model_override.empty() ? resolve_path(config.model, config.path) : options.model_override;
+  if (model.empty()) model = find_shipped("assets/shapesworld/model", "model_index.json");
+  COLLAGE_CHECK_AT(!model.empty(), config.path, "model",
+                   "no model given and no embedded default model found in assets/shapesworld/model");
+  COLLAGE_CHECK_AT(fs::exists(fs::path(model) / "model_index.json"), config.path, "model",
+                   "'{}' is not a diffusers pipeline folder (no model_index.json)", model);
+
+  struct Unit {
+    size_t collage, run;
+  };
+  std::vector<Unit> units;
+  int64_t index = 0;
+  for (size_t c = 0; c < collages.size(); ++c)
+    for (size_t r = 0; r < config.runs.size(); ++r, ++index)
+      if (index % options.shard_count == options.shard_index) units.push_back({c, r});
+  summary.units_total = static_cast<int64_t>(units.size());
+
+  // ---- the store: create or resume
+  if (!fs::path(options.out).parent_path().empty()) fs::create_directories(fs::path(options.out).parent_path());
+  Json settings = config.settings();
+  settings["model"] = model;
+  {
+    h5::Handle file;
+    if (fs::exists(options.out)) {
+      file = h5::open_file(options.out, true);
+      COLLAGE_CHECK_AT(h5::has_attr(file, "settings"), options.out, "", "not a sweep store (no 'settings' attribute)");
+      const Json old = Json::parse(h5::attr_string(file, "settings"));
+      for (auto it = settings.begin(); it != settings.end(); ++it)
+        COLLAGE_CHECK_AT(old.contains(it.key()) && old[it.key()] == it.value(), options.out, it.key(),
+                         "the store was written with {} = {}, this config has {}: use another --out",
+                         it.key(), old.value(it.key(), Json()).dump(), it.value().dump());
+      int64_t removed = 0;
+      for (const auto& name : h5::children(file, "items"))
+        if (!item_complete(file, name)) {
+          h5::remove(file, "items/" + name);
+          ++removed;
+        }
+      if (removed) log(fmt::format("removed {} incomplete item(s) left by an interrupted sweep", removed));
+    } else {
+      file = h5::create_file(options.out);
+      h5::set_attr(file, "config", config.json.dump(2));
+      h5::set_attr(file, "config_path", config.path);
+      h5::set_attr(file, "settings", settings.dump());
+      h5::set_attr(file, "model", model);
+      h5::set_attr(file, "framework_version", framework_version());
+      h5::set_attr(file, "git_revision", git_revision());
+      h5::set_attr(file, "metrics", Json(config.metrics).dump());
+    }
+    for (const auto& r : config.runs) write_run_entry(file, r);
+    for (const auto& nc : collages) write_collage_entry(file, nc);
+    H5Fflush(file, H5F_SCOPE_GLOBAL);
+  }
+
+  std::vector<Unit> todo;
+  {
+    h5::Handle file = h5::open_file(options.out, false);
+    for (const auto& u : units) {
+      bool done = true;
+      for (auto seed : config.seeds)
+        done = done && item_complete(file, item_name(collages[u.collage].name, config.runs[u.run].id, seed));
+      if (done)
+        ++summary.units_done_before;
+      else
+        todo.push_back(u);
+    }
+  }
+  if (options.limit >= 0 && static_cast<int64_t>(todo.size()) > options.limit) todo.resize(static_cast<size_t>(options.limit));
+  log(fmt::format("sweep {}: {} collages x {} runs x {} seeds; shard {}/{}: {} units, {} done, {} to run now", config.path,
+                  collages.size(), config.runs.size(), config.seeds.size(), options.shard_index, options.shard_count,
+                  units.size(), summary.units_done_before, todo.size()));
+
+  if (!todo.empty()) {
+    // ---- models, once
+    const double t_load = now();
+    PipelineOptions po;
+    po.device = options.device;
+    po.dtype = options.dtype;
+    auto sd = StableDiffusion::load(model, po);
+    cm::ModelSetup base_setup;
+    const auto& names = config.metrics;
+    if (needs_any(names, cm::Need::embedder)) {
+      std::string dir = resolve_path(config.clip, config.path), tok = resolve_path(config.clip_tokenizer, config.path);
+      if (dir.empty()) dir = find_shipped("assets/shapesworld/clip", "config.json");
+      if (dir.empty())
+        base_setup.embedder_skip_reason = "no CLIP model: 'clip' not set and assets/shapesworld/clip does not exist";
+      else
+        base_setup.context.embedder = cm::try_load_clip(dir, tok, base_setup.embedder_skip_reason);
+    }
+    if (needs_any(names, cm::Need::perceptual)) {
+      std::string dir = resolve_path(config.lpips, config.path);
+      if (dir.empty()) dir = find_shipped("assets/lpips", "");
+      if (dir.empty())
+        base_setup.perceptual_skip_reason = "no LPIPS weights: 'lpips' not set and assets/lpips does not exist";
+      else
+        base_setup.context.perceptual = cm::try_load_lpips(dir, LpipsNet::Alex, base_setup.perceptual_skip_reason);
+    }
+    std::map<std::string, std::shared_ptr<cm::Segmenter>> segmenters;
+    const auto seg_registry = cm::all_segmenters();
+    summary.load_s = now() - t_load;
+    log(fmt::format("loaded {} and the metric models in {:.1f} s", model, summary.load_s));
+
+    std::string cache_dir = options.cache_dir;
+    if (cache_dir.empty()) {
+      auto p = fs::path(options.out);
+      cache_dir = (p.parent_path() / (p.stem().string() + ".cache")).string();
+    }
+    const double t_loop = now();
+    for (size_t k = 0; k < todo.size(); ++k) {
+      const auto& nc = collages[todo[k].collage];
+      const auto& run = config.runs[todo[k].run];
+      const double t_unit = now();
+      RunSettings rs;
+      rs.seeds = config.seeds;
+      rs.steps = config.steps;
+      rs.guidance_scale = config.guidance;
+      rs.scheduler = config.scheduler;
+      rs.negative_prompt = config.negative_prompt;
+      rs.record_attention = config.save_attention;
+      rs.cache_dir = cache_dir;
+      if (!options.quiet) rs.log = [&](const std::string& s) { log("    " + s); };
+      Method method(MethodSpec::parse(run.method, run.params, config.path + ": " + run.where));
+      MethodOutput out;
+      try {
+        out = method.run(nc.collage, *sd, rs);
+      } catch (const Error& e) {
+        throw Error(fmt::format("{} on collage {}: {}", run.label, nc.name, e.what()), config.path, run.where);
+      }
+      const double method_s = out.timings.count("total") ? out.timings.at("total") : now() - t_unit;
+      summary.method_s += method_s;
+      // ---- score
+      const double t_score = now();
+      std::vector<ItemRecord> records;
+      for (size_t b = 0; b < config.seeds.size(); ++b) {
+        ItemRecord r;
+        r.collage = nc.name;
+        r.run_id = run.id;
+        r.method = run.method;
+        r.label = run.label;
+        r.seed = config.seeds[b];
+        r.name = item_name(nc.name, run.id, r.seed);
+        r.params = run.params;
+        r.image = out.images[static_cast<int64_t>(b)].to(at::kCPU, at::kFloat).clamp(0, 1);
+        if (!names.empty()) {
+          auto input = cm::score_input_from_collage(nc.collage, r.image);
+          cm::ModelSetup setup = base_setup;
+          if (needs_any(names, cm::Need::segmenter)) {
+            std::string seg = config.segmenter == "auto" ? cm::auto_segmenter_name(input) : config.segmenter;
+            if (!segmenters.count(seg)) segmenters[seg] = seg_registry.create(seg, Json::object());
+            setup.segmenter_name = seg;
+            setup.context.segmenter = segmenters[seg];
+          }
+          r.scores = cm::score_with_setup(input, names, setup);
+        }
+        if (config.save_latents && out.latents.defined()) r.latents = out.latents[static_cast<int64_t>(b)];
+        if (config.save_attention && out.artefacts.count("attention"))
+          r.attention = out.artefacts.at("attention")[static_cast<int64_t>(b)];
+        records.push_back(std::move(r));
+      }
+      const double scoring_s = now() - t_score;
+      summary.scoring_s += scoring_s;
+      Json timings = Json::object();
+      for (const auto& [key, v] : out.timings) timings["method_" + key] = v;
+      timings["method_total"] = method_s;
+      timings["scoring"] = scoring_s;
+      timings["unit_wall"] = now() - t_unit;
+      timings["batch"] = config.seeds.size();
+      // ---- write: open, write every seed's item, flush, close (a kill loses at most this unit)
+      const double t_write = now();
+      {
+        h5::Handle file = h5::open_file(options.out, true);
+        for (auto& r : records) {
+          r.timings = timings;
+          write_item(file, r);
+          ++summary.items_written;
+        }
+        H5Fflush(file, H5F_SCOPE_GLOBAL);
+      }
+      summary.write_s += now() - t_write;
+      ++summary.units_run;
+      const double elapsed = now() - t_loop;
+      const double eta = elapsed / static_cast<double>(k + 1) * static_cast<double>(todo.size() - k - 1);
+      log(fmt::format("[{}/{}] {} | {} ({}): {:.1f} s (method {:.1f} s, scoring {:.2f} s); elapsed {:.0f} s, ETA {:.0f} s",
+                      k + 1, todo.size(), nc.name, run.label, run.id, now() - t_unit, method_s, scoring_s, elapsed, eta));
+    }
+  }
+  rebuild_scores_table(options.out);
+  summary.wall_s = now() - t_start;
+  log(fmt::format("done: {} units run ({} items), {} already present; wall {:.1f} s = model/metric loading {:.1f} s + "
+                  "method calls {:.1f} s + scoring {:.1f} s + writing {:.2f} s + other {:.1f} s",
+                  summary.units_run, summary.items_written, summary.units_done_before, summary.wall_s, summary.load_s,
+                  summary.method_s, summary.scoring_s, summary.write_s,
+                  summary.wall_s - summary.load_s - summary.method_s - summary.scoring_s - summary.write_s));
+  return summary;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Reading back, the scores table, merging
+
+std::vector<std::string> list_items(const std::string& store) {
+  h5::Handle file = h5::open_file(store, false);
+  std::vector<std::string> out;
+  for (const auto& name : h5::children(file, "items"))
+    if (item_complete(file, name)) out.push_back(name);
+  return out;
+}
+
+Json read_item_attrs(const std::string& store, const std::string& item) {
+  h5::Handle file = h5::open_file(store, false);
+  h5::Handle g = h5::open_group(file, "items/" + item);
+  Json j = Json::object();
+  for (const char* k : {"collage", "run_id", "method", "label"}) j[k] = h5::attr_string(g, k);
+  j["seed"] = h5::attr_int(g, "seed");
+  j["params"] = Json::parse(h5::attr_string(g, "params"));
+  j["timings"] = Json::parse(h5::attr_string(g, "timings"));
+  return j;
+}
+
+std::vector<ScoreRow> read_scores(const std::string& store) {
+  h5::Handle file = h5::open_file(store, false);
+  std::vector<ScoreRow> rows;
+  for (const auto& name : h5::children(file, "items")) {
+    if (!item_complete(file, name)) continue;
+    h5::Handle g = h5::open_group(file, "items/" + name);
+    ScoreRow base;
+    base.item = name;
+    base.collage = h5::attr_string(g, "collage");
+    base.run_id = h5::attr_string(g, "run_id");
+    base.method = h5::attr_string(g, "method");
+    base.label = h5::attr_string(g, "label");
+    base.seed = static_cast<uint64_t>(h5::attr_int(g, "seed"));
+    for (const auto& metric : h5::children(g, "scores")) {
+      if (metric.size() > 10 && metric.substr(metric.size() - 10) == ".per_layer") continue;
+      ScoreRow r = base;
+      r.metric = metric;
+      h5::Handle s = h5::open_group(g, "scores");
+      r.value = h5::read_double(s, metric);
+      rows.push_back(r);
+    }
+  }
+  return rows;
+}
+
+void rebuild_scores_table(const std::string& store) {
+  const auto rows = read_scores(store);
+  h5::Handle file = h5::open_file(store, true);
+  h5::remove(file, "scores_table");
+  h5::Handle g = h5::ensure_group(file, "scores_table");
+  std::vector<std::string> item, collage, run, method, label, metric;
+  std::vector<int64_t> seed;
+  std::vector<double> value;
+  for (const auto& r : rows) {
+    item.push_back(r.item);
+    collage.push_back(r.collage);
+    run.push_back(r.run_id);
+    method.push_back(r.method);
+    label.push_back(r.label);
+    metric.push_back(r.metric);
+    seed.push_back(static_cast<int64_t>(r.seed));
+    value.push_back(r.value);
+  }
+  h5::write_strings(g, "item", item);
+  h5::write_strings(g, "collage", collage);
+  h5::write_strings(g, "run_id", run);
+  h5::write_strings(g, "method", method);
+  h5::write_strings(g, "label", label);
+  h5::write_strings(g, "metric", metric);
+  h5::write_int64s(g, "seed", seed);
+  h5::write_doubles(g, "value", value);
+  h5::set_attr(g, "rows", static_cast<int64_t>(rows.size()));
+  H5Fflush(file, H5F_SCOPE_GLOBAL);
+}
+
+std::vector<ScoreRow> read_scores_table(const std::string& store) {
+  h5::Handle file = h5::open_file(store, false);
+  std::vector<ScoreRow> rows;
+  if (!h5::exists(file, "scores_table")) return rows;
+  h5::Handle g = h5::open_group(file, "scores_table");
+  const auto item = h5::read_strings(g, "item"), collage = h5::read_strings(g, "collage"),
+             run = h5::read_strings(g, "run_id"), method = h5::read_strings(g, "method"),
+             label = h5::read_strings(g, "label"), metric = h5::read_strings(g, "metric");
+  const auto seed = h5::read_int64s(g, "seed");
+  const auto value = h5::read_doubles(g, "value");
+  for (size_t i = 0; i < value.size(); ++i)
+    rows.push_back({item[i], collage[i], run[i], method[i], label[i], static_cast<uint64_t>(seed[i]), metric[i], value[i]});
+  return rows;
+}
+
+void merge_stores(const std::string& out, const std::vector<std::string>& inputs) {
+  COLLAGE_CHECK_AT(!inputs.empty(), "", "inputs", "nothing to merge");
+  for (const auto& in : inputs)
+    COLLAGE_CHECK_AT(fs::absolute(in) != fs::absolute(out), out, "", "the output is also an input");
+  std::string settings;
+  {
+    h5::Handle first = h5::open_file(inputs[0], false);
+    settings = h5::attr_string(first, "settings");
+    h5::Handle dst = h5::create_file(out);
+    for (const char* k : {"config", "config_path", "settings", "model", "framework_version", "git_revision", "metrics"})
+      if (h5::has_attr(first, k)) h5::set_attr(dst, k, h5::attr_string(first, k));
+    h5::set_attr(dst, "merged_from", Json(inputs).dump());
+  }
+  h5::Handle dst = h5::open_file(out, true);
+  for (const auto& in : inputs) {
+    h5::Handle src = h5::open_file(in, false);
+    COLLAGE_CHECK_AT(Json::parse(h5::attr_string(src, "settings")) == Json::parse(settings), in, "settings",
+                     "written with other settings than {} ({} vs {})", inputs[0], h5::attr_string(src, "settings"),
+                     settings);
+    for (const char* group : {"runs", "collages", "items"}) {
+      h5::ensure_group(dst, group);
+      for (const auto& name : h5::children(src, group)) {
+        const std::string path = std::string(group) + "/" + name;
+        if (std::string(group) == "items" && !item_complete(src, name)) continue;
+        if (h5::exists(dst, path)) continue;
+        if (H5Ocopy(src, path.c_str(), dst, path.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0)
+          throw Error("HDF5: copying " + path + " failed", in);
+      }
+    }
+  }
+  dst.close();
+  rebuild_scores_table(out);
+}
+
+}  // namespace collage::runner

@@ -1,0 +1,151 @@
+#!/usr/bin/python3
+"""Figures from a sweep store (framework/runner/README.md): the ablation table, a trade-off curve and a
+qualitative grid, as PNGs (Debian python3-h5py + python3-matplotlib; no pandas needed).
+
+    python3 scripts/figures.py results/ablation.h5 --out results/figures/ablation
+    python3 scripts/figures.py results/tradeoff.h5 --out results/figures/tradeoff --x-param strength \
+        --fidelity mask_iou --alignment clip_score
+"""
+import argparse
+import json
+import math
+import os
+from collections import OrderedDict, defaultdict
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def strings(ds):
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[:]]
+
+
+def load_table(f):
+    t = f["scores_table"]
+    cols = {k: (strings(t[k]) if t[k].dtype.kind in "OS" else t[k][:]) for k in t}
+    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+
+
+def runs(f):
+    out = OrderedDict()
+    for rid in f["runs"]:
+        g = f["runs"][rid]
+        out[rid] = {"method": g.attrs["method"], "label": g.attrs["label"], "params": json.loads(g.attrs["params"])}
+    return out
+
+
+def summarise(rows):
+    vals = defaultdict(list)
+    for r in rows:
+        if np.isfinite(r["value"]):
+            vals[(r["run_id"], r["metric"])].append(r["value"])
+    out = {}
+    for k, v in vals.items():
+        v = np.asarray(v, dtype=float)
+        sd = v.std(ddof=1) if len(v) > 1 else 0.0
+        out[k] = (v.mean(), 1.96 * sd / math.sqrt(len(v)), len(v))
+    return out
+
+
+def table_figure(f, rows, path):
+    rs = runs(f)
+    summ = summarise(rows)
+    metrics = list(OrderedDict.fromkeys(r["metric"] for r in rows))
+    ids = sorted({r["run_id"] for r in rows}, key=lambda i: rs[i]["label"] if i in rs else i)
+    cells = [[f"{summ[(i, m)][0]:.3f} ± {summ[(i, m)][1]:.3f}" if (i, m) in summ else "-" for m in metrics] for i in ids]
+    labels = [rs[i]["label"] if i in rs else i for i in ids]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(metrics), 0.6 + 0.4 * len(ids)))
+    ax.axis("off")
+    tab = ax.table(cellText=cells, rowLabels=labels, colLabels=metrics, loc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    tab.scale(1, 1.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def tradeoff_figure(f, rows, path, x_param, fidelity, alignment):
+    rs = runs(f)
+    summ = summarise(rows)
+    by_method = defaultdict(list)
+    for rid, r in rs.items():
+        if x_param in r["params"]:
+            by_method[r["method"]].append((r["params"][x_param], rid))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, pts in sorted(by_method.items()):
+        pts.sort()
+        xs = [p[0] for p in pts]
+        for ax, metric in zip(axes, (fidelity, alignment)):
+            ys = [summ.get((rid, metric), (np.nan, 0, 0)) for _, rid in pts]
+            ax.errorbar(xs, [y[0] for y in ys], yerr=[y[1] for y in ys], marker="o", capsize=3, label=method)
+            ax.set_xlabel(x_param)
+            ax.set_ylabel(metric)
+    axes[0].set_title(f"fidelity ({fidelity}) vs {x_param}")
+    axes[1].set_title(f"alignment ({alignment}) vs {x_param}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def grid_figure(f, path, max_collages, seed):
+    rs = runs(f)
+    items = f["items"]
+    names = [n for n in items if "complete" in items[n].attrs]
+    collages = sorted({items[n].attrs["collage"] for n in names})[:max_collages]
+    ids = sorted(rs, key=lambda i: rs[i]["label"])
+    seeds = sorted({int(items[n].attrs["seed"]) for n in names})
+    if seed is None and seeds:
+        seed = seeds[0]
+    fig, axes = plt.subplots(len(collages), len(ids), figsize=(1.8 * len(ids), 1.8 * len(collages)), squeeze=False)
+    for r, c in enumerate(collages):
+        for k, rid in enumerate(ids):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            name = f"{c}__{rid}__seed{seed}"
+            if name in items:
+                ax.imshow(items[name]["image"][:], interpolation="nearest")
+            if r == 0:
+                ax.set_title(rs[rid]["label"], fontsize=6)
+            if k == 0:
+                ax.set_ylabel(c, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store")
+    p.add_argument("--out", default=None, help="output prefix (default: the store without .h5)")
+    p.add_argument("--x-param", default="strength", help="the run parameter of the trade-off curve")
+    p.add_argument("--fidelity", default="mask_iou")
+    p.add_argument("--alignment", default="clip_score")
+    p.add_argument("--max-collages", type=int, default=6)
+    p.add_argument("--seed", type=int, default=None)
+    a = p.parse_args()
+    prefix = a.out or os.path.splitext(a.store)[0]
+    if os.path.dirname(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    with h5py.File(a.store, "r") as f:
+        rows = load_table(f)
+        written = []
+        table_figure(f, rows, prefix + "_table.png")
+        written.append(prefix + "_table.png")
+        if any(a.x_param in r["params"] for r in runs(f).values()):
+            tradeoff_figure(f, rows, prefix + "_tradeoff.png", a.x_param, a.fidelity, a.alignment)
+            written.append(prefix + "_tradeoff.png")
+        grid_figure(f, prefix + "_grid.png", a.max_collages, a.seed)
+        written.append(prefix + "_grid.png")
+    for w in written:
+        print(w)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+// The experiment runner: configs (grids, stable ids, validation before work), sweeps into the HDF5 store,
+// resume after an interruption, shards + merge, reports. Uses the tiny golden model and the 32x32 collage.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/version.h"
+#include "runner/h5.h"
+#include "runner/runner.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace collage;
+using namespace collage::runner;
+
+namespace {
+
+std::string make_temp(const std::string& tag) {
+  auto p = fs::temp_directory_path() / fmt::format("collage_runner_{}_{}", tag, ::getpid());
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+// A diffusers-layout folder of symlinks to the golden tiny components (as tests/cli/cli_smoke.sh builds).
+std::string tiny_model(const std::string& dir) {
+  const std::string m = dir + "/model";
+  fs::create_directories(m);
+  const std::string g = test::golden();
+  fs::create_directory_symlink(g + "/tokenizer", m + "/tokenizer");
+  fs::create_directory_symlink(g + "/text_encoder_sd1", m + "/text_encoder");
+  fs::create_directory_symlink(g + "/unet_sd1", m + "/unet");
+  fs::create_directory_symlink(g + "/vae", m + "/vae");
+  fs::create_directory_symlink(g + "/pipeline/scheduler", m + "/scheduler");
+  fs::copy_file(g + "/pipeline/model_index.json", m + "/model_index.json");
+  return m;
+}
+
+// Two collages (the tiny one under two names).
+std::string tiny_dataset(const std::string& dir) {
+  const std::string d = dir + "/data";
+  fs::create_directories(d);
+  const std::string tiny = std::string(COLLAGE_TEST_DATA) + "/collages/tiny";
+  fs::create_directory_symlink(tiny, d + "/a_tiny");
+  fs::create_directory_symlink(tiny, d + "/b_tiny");
+  return d;
+}
+
+std::string config_text(const std::string& dataset, const std::string& model, const std::string& extra_run = "") {
+  return R"({
+  // a comment: configs accept them
+  "dataset": ")" + dataset + R"(",
+  "model": ")" + model + R"(",
+  "seeds": [1, 2],
+  "steps": 3,
+  "guidance": 5.0,
+  "metrics": ["ssim", "ciede2000", "mask_iou"],
+  "segmenter": "appearance",
+  "runs": [
+    {"method": "sdedit", "grid": {"strength": [0.5, 0.7]}},
+    {"method": "sdedit+ca+ln", "params": {"ca_w_pos": 0.5}})" + extra_run + R"(
+  ]
+})";
+}
+
+std::map<std::string, double> score_map(const std::string& store) {
+  std::map<std::string, double> m;
+  for (const auto& r : read_scores(store)) m[r.item + "/" + r.metric] = r.value;
+  return m;
+}
+
+void expect_same_scores(const std::string& a, const std::string& b) {
+  const auto ma = score_map(a), mb = score_map(b);
+  ASSERT_EQ(ma.size(), mb.size());
+  for (const auto& [k, v] : ma) {
+    ASSERT_TRUE(mb.count(k)) << k;
+    if (std::isnan(v))
+      EXPECT_TRUE(std::isnan(mb.at(k))) << k;
+    else
+      EXPECT_NEAR(v, mb.at(k), 1e-9) << k;
+  }
+  EXPECT_EQ(list_items(a), list_items(b));
+}
+
+SweepOptions quiet(const std::string& out) {
+  SweepOptions o;
+  o.out = out;
+  o.quiet = true;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
+}  // namespace
+
+TEST(RunnerConfig, GridExpansionAndStableIds) {
+  const auto dir = make_temp("grid");
+  const auto data = tiny_dataset(dir);
+  const auto c1 = parse_config_text(config_text(data, ""), "x.json");
+  ASSERT_EQ(c1.runs.size(), 3u);
+  EXPECT_EQ(c1.runs[0].method, "sdedit");
+  EXPECT_EQ(c1.runs[0].params["strength"], 0.5);
+  EXPECT_EQ(c1.runs[1].params["strength"], 0.7);
+  EXPECT_EQ(c1.runs[2].method, "sdedit+ca+ln");
+  EXPECT_NE(c1.runs[0].id, c1.runs[1].id);
+  EXPECT_EQ(c1.runs[0].label, "sdedit strength=0.5");
+  // Adding a run keeps the old ids; a spec spelled differently with the defaults written out is the same run.
+  const auto c2 = parse_config_text(
+      config_text(data, "", R"(, {"method": "ln+SDEDIT+ca", "params": {"ca_w_pos": 0.5, "strength": 0.8}},
+                               {"method": "sdedit+ti", "grid": {"strength": [0.5], "ti_steps": [2, 3]}})"),
+      "x.json");
+  ASSERT_EQ(c2.runs.size(), 5u);  // the respelled run is a duplicate
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(c1.runs[i].id, c2.runs[i].id);
+  EXPECT_EQ(c2.runs[3].params["ti_steps"], 2);
+  EXPECT_EQ(c2.runs[4].params["ti_steps"], 3);
+  EXPECT_EQ(c2.runs[3].id.size(), 10u);
+  fs::remove_all(dir);
+}
+
+TEST(RunnerConfig, MalformedConfigsFailBeforeWorkNamingPathAndKey) {
+  const auto dir = make_temp("bad");
+  const auto data = tiny_dataset(dir);
+  auto err = [&](const std::string& runs, const std::string& extra = "") {
+    return test::expect_error([&] {
+      parse_config_text(R"({"dataset": ")" + data + R"(", "metrics": ["ssim"], )" + extra + R"( "runs": )" + runs + "}",
+                        "experiments/x.json");
+    });
+  };
+  auto e = err(R"([{"method": "sdedit"}, {"method": "sdedit+cax"}])");
+  EXPECT_NE(e.find("experiments/x.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("runs[1].method"), std::string::npos) << e;
+  EXPECT_NE(e.find("cax"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit", "grid": {"strength": []}}])");
+  EXPECT_NE(e.find("'runs[0].grid.strength'"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit", "grid": {"strength": 0.5}}])");
+  EXPECT_NE(e.find("'runs[0].grid.strength'"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit", "grid": {"strenght": [0.5]}}])");
+  EXPECT_NE(e.find("'runs[0].grid.strenght'"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit+ca", "params": {"ca_w_pos": "x"}}])");
+  EXPECT_NE(e.find("'runs[0].params.ca_w_pos'"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit", "grid": {"strength": [0.5, 1.5]}}])");
+  EXPECT_NE(e.find("'runs[0].grid.strength'"), std::string::npos) << e;
+  e = err(R"([{"method": "sdedit"}])", R"("metrics": ["ssim", "nope"],)");
+  EXPECT_NE(e.find("'metrics[1]'"), std::string::npos) << e;
+  e = test::expect_error(
+      [&] { parse_config_text(R"({"dataset": "/no/such/folder", "runs": [{"method": "sdedit"}]})", "experiments/x.json"); });
+  EXPECT_NE(e.find("experiments/x.json: 'dataset'"), std::string::npos) << e;
+  e = test::expect_error([&] { parse_config_text("{ not json", "experiments/x.json"); });
+  EXPECT_NE(e.find("experiments/x.json"), std::string::npos) << e;
+  e = test::expect_error([&] { parse_shard("2/2"); });
+  EXPECT_NE(e.find("--shard"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
+TEST(RunnerSweep, ResumeAfterInterruptionAndShardsMergeEqualOneRun) {
+  const auto dir = make_temp("sweep");
+  const auto data = tiny_dataset(dir);
+  const auto model = tiny_model(dir);
+  const auto config = parse_config_text(config_text(data, model), dir + "/x.json");
+  const int64_t units = 2 * 3;
+
+  // Uninterrupted.
+  const auto full = dir + "/full.h5";
+  auto s = run_sweep(config, quiet(full));
+  EXPECT_EQ(s.units_run, units);
+  EXPECT_EQ(s.items_written, units * 2);
+  EXPECT_GT(s.method_s, 0);
+  const auto items = list_items(full);
+  ASSERT_EQ(items.size(), static_cast<size_t>(units * 2));
+  const auto attrs = read_item_attrs(full, items[0]);
+  EXPECT_EQ(attrs["seed"], 1);
+  EXPECT_TRUE(attrs["timings"].contains("method_total"));
+  EXPECT_EQ(read_scores_table(full).size(), static_cast<size_t>(units * 2 * 3));
+  {
+    h5::Handle f = h5::open_file(full, false);
+    EXPECT_TRUE(h5::exists(f, "collages/a_tiny/visible_masks"));
+    EXPECT_TRUE(h5::exists(f, "items/" + items[0] + "/image"));
+    EXPECT_TRUE(h5::exists(f, "items/" + items[0] + "/scores/mask_iou.per_layer"));
+    EXPECT_EQ(h5::attr_string(f, "git_revision"), git_revision());
+  }
+  // Rerun: nothing to do.
+  s = run_sweep(config, quiet(full));
+  EXPECT_EQ(s.units_run, 0);
+  EXPECT_EQ(s.units_done_before, units);
+
+  // Interrupted: two units, then a half-written item (as a kill mid-write leaves it), then resumed.
+  const auto part = dir + "/part.h5";
+  auto o = quiet(part);
+  o.limit = 2;
+  s = run_sweep(config, o);
+  EXPECT_EQ(s.units_run, 2);
+  {
+    h5::Handle f = h5::open_file(part, true);
+    const std::string half = "items/b_tiny__" + config.runs[2].id + "__seed1";
+    h5::Handle g = h5::ensure_group(f, half);
+    h5::write_double(g, "junk", 1.0);  // no "complete" attribute
+  }
+  s = run_sweep(config, quiet(part));
+  EXPECT_EQ(s.units_run, units - 2);
+  expect_same_scores(full, part);
+
+  // Two shards merged.
+  auto o0 = quiet(dir + "/s0.h5"), o1 = quiet(dir + "/s1.h5");
+  o0.shard_count = o1.shard_count = 2;
+  o1.shard_index = 1;
+  EXPECT_EQ(run_sweep(config, o0).units_run, units / 2);
+  EXPECT_EQ(run_sweep(config, o1).units_run, units / 2);
+  merge_stores(dir + "/merged.h5", {dir + "/s0.h5", dir + "/s1.h5"});
+  expect_same_scores(full, dir + "/merged.h5");
+  EXPECT_EQ(read_scores_table(dir + "/merged.h5").size(), read_scores_table(full).size());
+
+  // A resumed store refuses other settings.
+  auto changed = config;
+  changed.steps = 4;
+  auto e = test::expect_error([&] { run_sweep(changed, quiet(full)); });
+  EXPECT_NE(e.find("steps"), std::string::npos) << e;
+
+  // Report.
+  const auto md = report_markdown(full);
+  EXPECT_NE(md.find("sdedit strength=0.5"), std::string::npos) << md;
+  EXPECT_NE(md.find("ssim"), std::string::npos) << md;
+  EXPECT_NE(md.find("±"), std::string::npos) << md;
+  write_report_csv(full, dir + "/r.csv");
+  std::ifstream csv(dir + "/r.csv");
+  std::string header;
+  std::getline(csv, header);
+  EXPECT_EQ(header, "run_id,method,label,metric,n,mean,sd,ci95_low,ci95_high");
+  const auto summary = summarise(read_scores(full));
+  ASSERT_FALSE(summary.empty());
+  EXPECT_EQ(summary[0].n, 4);  // 2 collages x 2 seeds
+  EXPECT_LE(summary[0].lo, summary[0].mean);
+  fs::remove_all(dir);
+}
