@@ -45,5 +45,6 @@ void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
 void add_bench_command(CLI::App& app, GlobalOptions& global);
 void add_collage_commands(CLI::App& app, GlobalOptions& global);
+void add_sweep_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli
