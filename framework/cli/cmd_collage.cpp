@@ -44,18 +44,7 @@ Json parse_params(const std::vector<std::string>& items) {
 }
 
 std::shared_ptr<StableDiffusion> load_model(const CollageArgs& a, const GlobalOptions& g) {
-  const std::string model = a.model.empty() ? default_model_dir() : a.model;
-  COLLAGE_CHECK_AT(!model.empty(), "", "--model",
-                   "no model given and no embedded default model found in assets/shapesworld/model");
-  PipelineOptions po;
-  po.device = g.device;
-  po.dtype = g.dtype;
-  po.variant = a.variant;
-  const double t0 = now_seconds();
-  auto sd = StableDiffusion::load(model, po);
-  std::cerr << fmt::format("loaded {} in {:.1f} s ({} on {})\n", model, now_seconds() - t0, c10::toString(sd->dtype),
-                           sd->device.str());
-  return sd;
+  return load_pipeline(a.model, a.variant, "", g);
 }
 
 void add_model_options(CLI::App* cmd, CollageArgs& a) {
@@ -170,16 +159,7 @@ void run_train_ti(const CollageArgs& a, const GlobalOptions& g) {
   COLLAGE_CHECK_AT(layers.size() == 1, "", "--layer", "give exactly one layer (index or name)");
   const int64_t i = layers.front();
   auto sd = load_model(a, g);
-  TextualInversionSettings ts;
-  ts.steps = spec.integer("ti_steps");
-  ts.batch = spec.integer("ti_batch");
-  ts.warmup_steps = spec.integer("ti_warmup");
-  ts.learning_rate = spec.number("ti_lr");
-  ts.weight_decay = spec.number("ti_weight_decay");
-  ts.grad_clip = spec.number("ti_grad_clip");
-  ts.init = spec.string("ti_init");
-  ts.augment = spec.flag("ti_augment");
-  ts.seed = static_cast<uint64_t>(spec.integer("ti_seed"));
+  const auto ts = spec.ti_settings();
   auto placed = place_layers(collage);
   auto visible = visible_masks(placed);
   Progress progress(fmt::format("TI layer {}", i));

@@ -43,17 +43,7 @@ void add_common(CLI::App* cmd, GenerateArgs& a) {
 void run_generate(const GenerateArgs& a, const GlobalOptions& g, bool is_img2img) {
   apply_runtime(g);
   const auto seeds = parse_seeds(a.seeds);
-  std::string model = a.model.empty() ? default_model_dir() : a.model;
-  COLLAGE_CHECK_AT(!model.empty(), "", "--model", "no model given and no embedded default model found in assets/");
-  PipelineOptions po;
-  po.device = g.device;
-  po.dtype = g.dtype;
-  po.variant = a.variant;
-  po.scheduler = a.scheduler;
-  const double t0 = now_seconds();
-  auto sd = StableDiffusion::load(model, po);
-  std::cerr << fmt::format("loaded {} in {:.1f} s ({} on {})\n", model, now_seconds() - t0, c10::toString(sd->dtype),
-                           sd->device.str());
+  auto sd = load_pipeline(a.model, a.variant, a.scheduler, g);
   GenerateRequest req;
   req.prompt = a.prompt;
   req.negative_prompt = a.negative_prompt;

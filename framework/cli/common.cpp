@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "diffusion/pipeline.h"
 
 namespace collage::cli {
 
@@ -81,6 +82,23 @@ std::string default_model_dir() {
     if (std::filesystem::exists(candidate / "model_index.json")) return candidate.string();
   }
   return {};
+}
+
+std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model_arg, const std::string& variant,
+                                               const std::string& scheduler, const GlobalOptions& g) {
+  const std::string model = model_arg.empty() ? default_model_dir() : model_arg;
+  COLLAGE_CHECK_AT(!model.empty(), "", "--model",
+                   "no model given and no embedded default model found in assets/shapesworld/model");
+  PipelineOptions po;
+  po.device = g.device;
+  po.dtype = g.dtype;
+  po.variant = variant;
+  po.scheduler = scheduler;
+  const double t0 = now_seconds();
+  auto sd = StableDiffusion::load(model, po);
+  std::cerr << fmt::format("loaded {} in {:.1f} s ({} on {})\n", model, now_seconds() - t0, c10::toString(sd->dtype),
+                           sd->device.str());
+  return sd;
 }
 
 }  // namespace collage::cli

@@ -5,8 +5,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace collage {
+class StableDiffusion;
+}
 
 namespace collage::cli {
 
@@ -39,12 +44,19 @@ double now_seconds();
 
 // The model a command uses when --model is not given: the embedded default, if the checkout ships it.
 std::string default_model_dir();
+// Loads a pipeline folder (the embedded default when `model` is empty) with the global device/dtype and
+// reports the load time on stderr. `scheduler` overrides the folder's ("" = keep).
+std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model, const std::string& variant,
+                                               const std::string& scheduler, const GlobalOptions& global);
 
 // Subcommand registration (one file each).
 void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
 void add_bench_command(CLI::App& app, GlobalOptions& global);
 void add_collage_commands(CLI::App& app, GlobalOptions& global);
+void add_score_commands(CLI::App& app, GlobalOptions& global);
+void add_train_commands(CLI::App& app, GlobalOptions& global);
+void add_shapesworld_commands(CLI::App& app, GlobalOptions& global);
 void add_sweep_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

@@ -60,6 +60,8 @@ struct MethodSpec {
   int64_t integer(const std::string& name) const;
   bool flag(const std::string& name) const;
   std::string string(const std::string& name) const;
+  // The ti_* parameters as training settings (spec must include ti).
+  TextualInversionSettings ti_settings() const;
 };
 
 struct RunSettings {

@@ -227,6 +227,20 @@ std::string MethodSpec::string(const std::string& name) const {
   return params.at(name).get<std::string>();
 }
 
+TextualInversionSettings MethodSpec::ti_settings() const {
+  TextualInversionSettings ts;
+  ts.steps = integer("ti_steps");
+  ts.batch = integer("ti_batch");
+  ts.warmup_steps = integer("ti_warmup");
+  ts.learning_rate = number("ti_lr");
+  ts.weight_decay = number("ti_weight_decay");
+  ts.grad_clip = number("ti_grad_clip");
+  ts.init = string("ti_init");
+  ts.augment = flag("ti_augment");
+  ts.seed = static_cast<uint64_t>(integer("ti_seed"));
+  return ts;
+}
+
 std::unique_ptr<Method> create_method(const std::string& spec, const Json& params, const std::string& where) {
   return std::make_unique<Method>(MethodSpec::parse(spec, params, where));
 }

@@ -142,16 +142,7 @@ MethodOutput Method::run(const Collage& collage, StableDiffusion& sd, const RunS
     const double t0 = now();
     const auto sel = spec.string("ti_layers");
     const auto layers = sel == "auto" ? auto_ti_layers(collage, placed) : select_layers(collage, sel, where, "params.ti_layers");
-    TextualInversionSettings ts;
-    ts.steps = spec.integer("ti_steps");
-    ts.batch = spec.integer("ti_batch");
-    ts.warmup_steps = spec.integer("ti_warmup");
-    ts.learning_rate = spec.number("ti_lr");
-    ts.weight_decay = spec.number("ti_weight_decay");
-    ts.grad_clip = spec.number("ti_grad_clip");
-    ts.init = spec.string("ti_init");
-    ts.augment = spec.flag("ti_augment");
-    ts.seed = static_cast<uint64_t>(spec.integer("ti_seed"));
+    const auto ts = spec.ti_settings();
     const auto cache = rs.cache_dir.empty() ? default_cache_dir() : rs.cache_dir;
     Json ti_record = Json::array();
     const int64_t dim = sd.text_encoder->config().hidden_size;
