@@ -1,0 +1,385 @@
+// collage score / metrics / bench-metrics: score a harmonised image against its collage with the metric
+// registry (metrics/metrics.h) and the real models behind it (metrics/plugins.h).
+#include <ATen/ATen.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "cli/common.h"
+#include "collage/collage.h"
+#include "core/core.h"
+#include "datasets/shapesworld/shapesworld.h"
+#include "metrics/plugins.h"
+
+namespace fs = std::filesystem;
+namespace cm = collage::metrics;
+
+namespace collage::cli {
+
+namespace {
+
+// Roots to look for shipped folders in: the working directory and the checkout the binary was built in
+// (build/collage -> checkout).
+std::vector<fs::path> search_roots() {
+  std::vector<fs::path> roots{fs::current_path()};
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n > 0) {
+    buf[n] = 0;
+    auto exe = fs::path(buf).parent_path();
+    roots.push_back(exe.parent_path());
+    roots.push_back(exe);
+  }
+  return roots;
+}
+
+// The first root/relative that holds `marker` ("" when none).
+std::string find_shipped(const std::string& relative, const std::string& marker) {
+  for (const auto& root : search_roots()) {
+    auto candidate = root / relative;
+    if (fs::exists(candidate / marker)) return candidate.string();
+  }
+  return {};
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    auto b = part.find_first_not_of(" \t"), e = part.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(part.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+// Metric names from --metrics: every per-image metric when empty. Unknown names list the valid ones.
+std::vector<std::string> resolve_metrics(const std::string& text) {
+  const auto& reg = cm::builtin_metrics();
+  const auto valid = cm::per_image_metric_names(reg);
+  if (text.empty() || text == "all") return valid;
+  std::vector<std::string> out;
+  for (const auto& name : split_list(text)) {
+    COLLAGE_CHECK_AT(reg.has(name), "", "--metrics", "unknown metric '{}'; valid per-image metrics: {}", name,
+                     fmt::join(valid, ", "));
+    COLLAGE_CHECK_AT(reg.info(name).kind == cm::MetricKind::per_image, "", "--metrics",
+                     "'{}' is a set-level metric (feature sets, not one image); valid per-image metrics: {}", name,
+                     fmt::join(valid, ", "));
+    out.push_back(name);
+  }
+  return out;
+}
+
+bool needs_any(const std::vector<std::string>& names, cm::Need need) {
+  for (const auto& n : names)
+    if (cm::builtin_metrics().info(n).needs.has(need)) return true;
+  return false;
+}
+
+struct ModelArgs {
+  std::string segmenter = "auto", dnn_model, clip, clip_tokenizer, lpips, lpips_net = "alex";
+};
+
+void add_model_options(CLI::App* cmd, ModelArgs& m, bool with_segmenter) {
+  if (with_segmenter) {
+    cmd->add_option("--segmenter", m.segmenter,
+                    std::string("segmenter for mask_iou: shapesworld, appearance, dnn, or auto (") +
+                        cm::kAutoSegmenterDescription + ")")
+        ->capture_default_str();
+    cmd->add_option("--dnn-model", m.dnn_model, "ONNX segmentation model for --segmenter dnn");
+  }
+  cmd->add_option("--clip", m.clip,
+                  "transformers CLIPModel folder for the CLIP metrics (default: assets/shapesworld/clip if present, "
+                  "else the CLIP metrics are skipped)");
+  cmd->add_option("--clip-tokenizer", m.clip_tokenizer,
+                  "CLIP tokenizer folder (vocab.json, merges.txt; default: the CLIP folder or its tokenizer/)");
+  cmd->add_option("--lpips", m.lpips,
+                  "LPIPS weights folder: heads_<net>.safetensors + backbone_<torchvision net>.safetensors (default: "
+                  "assets/lpips if present, else lpips is skipped)");
+  cmd->add_option("--lpips-net", m.lpips_net, "LPIPS backbone: alex, vgg or squeeze")->capture_default_str();
+}
+
+struct SetupDefaults {
+  std::string clip, clip_tokenizer, lpips;  // used when the flag is empty
+  std::string clip_missing, lpips_missing;   // reason when there is no default either
+};
+
+// Loads what `names` need. Missing models become skip reasons.
+cm::ModelSetup make_setup(const ModelArgs& m, const SetupDefaults& d, const std::vector<std::string>& names,
+                          const cm::ScoreInput& input) {
+  cm::ModelSetup setup;
+  if (needs_any(names, cm::Need::segmenter)) {
+    std::string seg = m.segmenter;
+    if (seg == "auto") seg = cm::auto_segmenter_name(input);
+    const auto registry = cm::all_segmenters();
+    Json options = Json::object();
+    if (seg == "dnn") {
+      COLLAGE_CHECK_AT(!m.dnn_model.empty(), "", "--dnn-model", "--segmenter dnn needs --dnn-model FILE.onnx");
+      options["model"] = m.dnn_model;
+    }
+    setup.segmenter_name = seg;
+    setup.context.segmenter = registry.create(seg, options);
+  }
+  if (needs_any(names, cm::Need::embedder)) {
+    const std::string dir = m.clip.empty() ? d.clip : m.clip;
+    const std::string tok = m.clip_tokenizer.empty() && m.clip.empty() ? d.clip_tokenizer : m.clip_tokenizer;
+    if (dir.empty())
+      setup.embedder_skip_reason = d.clip_missing;
+    else
+      setup.context.embedder = cm::try_load_clip(dir, tok, setup.embedder_skip_reason);
+  }
+  if (needs_any(names, cm::Need::perceptual)) {
+    const auto net = parse_lpips_net(m.lpips_net);
+    const std::string dir = m.lpips.empty() ? d.lpips : m.lpips;
+    if (dir.empty())
+      setup.perceptual_skip_reason = d.lpips_missing;
+    else
+      setup.context.perceptual = cm::try_load_lpips(dir, net, setup.perceptual_skip_reason);
+  }
+  return setup;
+}
+
+std::string fmt_value(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : std::string("-"); }
+
+void print_table(const cm::Scores& scores, const std::vector<std::string>& names,
+                 const std::vector<std::string>& layer_labels) {
+  const auto& reg = cm::builtin_metrics();
+  std::string header = fmt::format("| {:<21} | {:<6} | {:>9} |", "metric", "better", "value");
+  std::string rule = fmt::format("|{:-<23}|{:-<8}|{:->11}|", "", "", "");
+  for (const auto& l : layer_labels) {
+    header += fmt::format(" {:>12} |", l.substr(0, 12));
+    rule += fmt::format("{:->14}|", "");
+  }
+  std::cout << header << "\n" << rule << "\n";
+  std::vector<std::string> skipped;
+  for (const auto& name : names) {
+    const auto& v = scores.at(name);
+    const char* dir = reg.info(name).direction == cm::Direction::higher_is_better ? "higher" : "lower";
+    if (v.skipped) {
+      std::string line = fmt::format("| {:<21} | {:<6} | {:>9} |", name, dir, "skipped");
+      for (size_t i = 0; i < layer_labels.size(); ++i) line += fmt::format(" {:>12} |", "");
+      std::cout << line << "\n";
+      skipped.push_back(fmt::format("  {}: {}", name, v.skip_reason));
+      continue;
+    }
+    std::string line = fmt::format("| {:<21} | {:<6} | {:>9} |", name, dir, fmt_value(v.value));
+    for (size_t i = 0; i < layer_labels.size(); ++i)
+      line += fmt::format(" {:>12} |", i < v.per_layer.size() ? fmt_value(v.per_layer[i]) : std::string(""));
+    std::cout << line << "\n";
+  }
+  if (!skipped.empty()) {
+    std::cout << "skipped:\n";
+    for (const auto& s : skipped) std::cout << s << "\n";
+  }
+}
+
+std::string models_line(const cm::ModelSetup& s, const ModelArgs& m, const std::string& clip_dir,
+                        const std::string& lpips_dir) {
+  std::vector<std::string> parts;
+  if (!s.segmenter_name.empty()) parts.push_back("segmenter " + s.segmenter_name);
+  if (s.context.embedder) parts.push_back("CLIP " + clip_dir);
+  if (s.context.perceptual) parts.push_back("LPIPS " + m.lpips_net + " " + lpips_dir);
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+// A 64x64 ShapesWorld scene as a collage (background layer + one layer per object, placed as rendered) and its
+// render (shadows included) as the "output" to score.
+std::pair<Collage, at::Tensor> sandbox_collage(uint64_t seed, int size) {
+  shapesworld::SampleOptions options;
+  options.min_objects = 2;
+  options.max_objects = 3;
+  const auto scene = shapesworld::sample_scene(seed, options);
+  const auto rendered = shapesworld::render(scene, size, size);
+  Collage c;
+  c.width = c.height = size;
+  shapesworld::CaptionOptions everything;
+  everything.colour_probability = everything.pattern_probability = 1;
+  everything.background_probability = everything.tint_probability = 1;
+  const auto caption = shapesworld::make_caption(scene, seed, everything);
+  c.prompt = caption.text;
+  Layer bg;
+  bg.name = "background";
+  bg.text = caption.background_phrase;
+  auto bg_rgb = shapesworld::render_background(scene, size, size);
+  bg.rgba = at::cat({bg_rgb, at::ones({1, size, size}, bg_rgb.options())}, 0);
+  c.layers.push_back(bg);
+  for (size_t i = 0; i < rendered.objects.size(); ++i) {
+    Layer l;
+    l.name = "object" + std::to_string(i);
+    l.text = caption.object_phrases[i];
+    l.rgba = shapesworld::render_object_rgba(rendered.objects[i].spec, scene, size, size);
+    c.layers.push_back(l);
+  }
+  return {c, rendered.image};
+}
+
+}  // namespace
+
+void add_score_commands(CLI::App& app, GlobalOptions& global) {
+  // ---------------------------------------------------------------- collage score
+  struct ScoreArgs {
+    std::string collage, image, metrics, json;
+    ModelArgs models;
+  };
+  auto a = std::make_shared<ScoreArgs>();
+  auto* score = app.add_subcommand(
+      "score", "score an output image against its collage (mask IoU, CIEDE2000, SSIM, LPIPS, CLIP metrics)");
+  score->add_option("--collage", a->collage, "collage folder or collage.json")->required();
+  score->add_option("--image", a->image, "the output image (PNG/JPEG) at the collage's canvas size")
+      ->required()
+      ->check(CLI::ExistingFile);
+  score->add_option("--metrics", a->metrics,
+                    "comma-separated metric names (default: all per-image metrics; `collage metrics` lists them)");
+  score->add_option("--json", a->json, "where to write the scores as JSON (default: IMAGE with .scores.json)");
+  add_model_options(score, a->models, true);
+  score->callback([a, &global] {
+    apply_runtime(global);
+    const auto names = resolve_metrics(a->metrics);  // a typo fails before any loading
+    const Collage collage = load_collage(a->collage);
+    const auto image = read_image(a->image);
+    const auto input = cm::score_input_from_collage(collage, image);
+
+    SetupDefaults d;
+    d.clip = find_shipped("assets/shapesworld/clip", "config.json");
+    d.lpips = find_shipped("assets/lpips", "");
+    if (!d.lpips.empty() && !fs::is_directory(d.lpips)) d.lpips.clear();
+    d.clip_missing = "no CLIP model: --clip not given and assets/shapesworld/clip does not exist";
+    d.lpips_missing = "no LPIPS weights: --lpips not given and assets/lpips does not exist";
+    const double t0 = now_seconds();
+    const auto setup = make_setup(a->models, d, names, input);
+    const double t1 = now_seconds();
+    const auto scores = cm::score_with_setup(input, names, setup);
+    const double t2 = now_seconds();
+
+    std::vector<std::string> labels;
+    for (size_t i = 0; i < collage.layers.size(); ++i) {
+      const auto& l = collage.layers[i];
+      labels.push_back(!l.name.empty() ? l.name : !l.text.empty() ? l.text : "layer" + std::to_string(i));
+    }
+    const std::string clip_dir = a->models.clip.empty() ? d.clip : a->models.clip;
+    const std::string lpips_dir = a->models.lpips.empty() ? d.lpips : a->models.lpips;
+    std::cout << fmt::format("{} vs {} ({}x{}, {} layers; {})\n", a->image, collage.where(), collage.width,
+                             collage.height, collage.layers.size(), models_line(setup, a->models, clip_dir, lpips_dir));
+    print_table(scores, names, labels);
+    std::cerr << fmt::format("models loaded in {:.2f} s, scored in {:.3f} s\n", t1 - t0, t2 - t1);
+
+    Json out = Json::object();
+    out["image"] = a->image;
+    out["collage"] = collage.where();
+    out["layers"] = labels;
+    out["segmenter"] = setup.segmenter_name;
+    if (setup.context.embedder) out["clip"] = clip_dir;
+    if (setup.context.perceptual) out["lpips"] = Json{{"folder", lpips_dir}, {"net", a->models.lpips_net}};
+    out["framework"] = framework_version() + " (" + git_revision() + ")";
+    out["scores"] = cm::to_json(scores);
+    std::string json_path = a->json;
+    if (json_path.empty()) json_path = (fs::path(a->image).parent_path() / fs::path(a->image).stem()).string() + ".scores.json";
+    write_json_file(json_path, out);
+    std::cout << "wrote " << json_path << "\n";
+  });
+
+  // ---------------------------------------------------------------- collage metrics
+  auto* list = app.add_subcommand("metrics", "list the metrics (name, kind, direction, needs) and the segmenters");
+  list->callback([] {
+    const auto& reg = cm::builtin_metrics();
+    std::cout << "metrics:\n";
+    std::cout << fmt::format("| {:<21} | {:<9} | {:<16} | {:<48} | {}\n", "name", "kind", "direction", "needs",
+                             "description");
+    for (const auto& n : reg.names()) {
+      const auto& info = reg.info(n);
+      std::cout << fmt::format("| {:<21} | {:<9} | {:<16} | {:<48} | {}\n", n,
+                               info.kind == cm::MetricKind::per_image ? "per_image" : "set_level",
+                               cm::direction_name(info.direction), fmt::format("{}", fmt::join(info.needs.names(), ",")),
+                               info.description);
+    }
+    const auto segs = cm::all_segmenters();
+    std::cout << "\nsegmenters (--segmenter):\n";
+    for (const auto& n : segs.names()) std::cout << fmt::format("  {:<12} {}\n", n, segs.description(n));
+    std::cout << fmt::format("  {:<12} {}\n", "auto", cm::kAutoSegmenterDescription);
+  });
+
+  // ---------------------------------------------------------------- collage bench-metrics
+  struct BenchArgs {
+    int n = 20;
+    uint64_t seed = 0;
+    std::string collage;
+    ModelArgs models;
+  };
+  auto b = std::make_shared<BenchArgs>();
+  auto* bench = app.add_subcommand(
+      "bench-metrics",
+      "time every per-image metric on one 64x64 ShapesWorld sandbox image (a rendered scene scored against a "
+      "collage of its background and objects); the golden tiny CLIP / LPIPS stand in when assets/ has no models");
+  bench->add_option("--n", b->n, "timed repetitions per metric")->check(CLI::PositiveNumber)->capture_default_str();
+  bench->add_option("--seed", b->seed, "ShapesWorld scene seed")->capture_default_str();
+  bench->add_option("--collage", b->collage,
+                    "score this collage's flattened image against it instead of a rendered scene");
+  add_model_options(bench, b->models, true);
+  bench->callback([b, &global] {
+    apply_runtime(global);
+    cm::ScoreInput input;
+    std::string what;
+    if (b->collage.empty()) {
+      auto [collage, image] = sandbox_collage(b->seed, 64);
+      input = cm::score_input_from_collage(collage, image);
+      what = fmt::format("ShapesWorld scene {} ({} objects) vs its collage, 64x64", b->seed, collage.layers.size() - 1);
+    } else {
+      const Collage collage = load_collage(b->collage);
+      input = cm::score_input_from_collage(collage, flatten(collage));
+      what = fmt::format("{} flattened vs itself, {}x{}", collage.where(), collage.width, collage.height);
+    }
+    SetupDefaults d;
+    d.clip = find_shipped("assets/shapesworld/clip", "config.json");
+    d.lpips = find_shipped("assets/lpips", "");
+    if (d.clip.empty()) {
+      d.clip = find_shipped("tests/data/golden/clip", "config.json");
+      d.clip_tokenizer = find_shipped("tests/data/golden/tokenizer", "vocab.json");
+    }
+    if (d.lpips.empty() || !fs::is_directory(d.lpips)) d.lpips = find_shipped("tests/data/golden/lpips", "heads_alex.safetensors");
+    d.clip_missing = "no CLIP model found (assets/shapesworld/clip, tests/data/golden/clip)";
+    d.lpips_missing = "no LPIPS weights found (assets/lpips, tests/data/golden/lpips)";
+    const auto names = cm::per_image_metric_names();
+    const double t0 = now_seconds();
+    const auto setup = make_setup(b->models, d, names, input);
+    const double load_s = now_seconds() - t0;
+    const std::string clip_dir = b->models.clip.empty() ? d.clip : b->models.clip;
+    const std::string lpips_dir = b->models.lpips.empty() ? d.lpips : b->models.lpips;
+    std::cout << fmt::format("{}; {}; {} threads; models loaded in {:.2f} s\n", what,
+                             models_line(setup, b->models, clip_dir, lpips_dir), at::get_num_threads(), load_s);
+
+    std::cout << fmt::format("| {:<21} | {:>10} | {:>10} | {:>9} | {}\n", "metric", "ms/image", "best ms", "value",
+                             "");
+    double sum_ms = 0;
+    for (const auto& name : names) {
+      auto warm = cm::score_with_setup(input, {name}, setup);  // warm-up (allocations, caches)
+      double total = 0, best = 1e30;
+      for (int i = 0; i < b->n; ++i) {
+        const double s = now_seconds();
+        auto r = cm::score_with_setup(input, {name}, setup);
+        const double e = now_seconds() - s;
+        total += e;
+        best = std::min(best, e);
+      }
+      const double ms = 1000 * total / b->n;
+      sum_ms += ms;
+      const auto& v = warm.at(name);
+      std::cout << fmt::format("| {:<21} | {:>10.2f} | {:>10.2f} | {:>9} | {}\n", name, ms, 1000 * best,
+                               v.skipped ? std::string("skipped") : fmt_value(v.value),
+                               v.skipped ? v.skip_reason : std::string());
+    }
+    double total = 0;
+    for (int i = 0; i < b->n; ++i) {
+      const double s = now_seconds();
+      auto r = cm::score_with_setup(input, names, setup);
+      total += now_seconds() - s;
+    }
+    std::cout << fmt::format("| {:<21} | {:>10.2f} | {:>10} | {:>9} | sum of the rows {:.2f} ms\n",
+                             "all (one call)", 1000 * total / b->n, "", "", sum_ms);
+  });
+}
+
+}  // namespace collage::cli
