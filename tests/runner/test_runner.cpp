@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include <unistd.h>
+
 #include "core/version.h"
 #include "runner/h5.h"
 #include "runner/runner.h"
