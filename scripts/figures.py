@@ -78,6 +78,8 @@ def tradeoff_figure(f, rows, path, x_param, fidelity, alignment):
             by_method[r["method"]].append((r["params"][x_param], rid))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for method, pts in sorted(by_method.items()):
+        if len({p[0] for p in pts}) < 2:
+            continue  # the parameter does not vary for this method (a default): no curve
         pts.sort()
         xs = [p[0] for p in pts]
         for ax, metric in zip(axes, (fidelity, alignment)):
@@ -138,7 +140,11 @@ def main():
         written = []
         table_figure(f, rows, prefix + "_table.png")
         written.append(prefix + "_table.png")
-        if any(a.x_param in r["params"] for r in runs(f).values()):
+        xs = defaultdict(set)
+        for r in runs(f).values():
+            if a.x_param in r["params"]:
+                xs[r["method"]].add(r["params"][a.x_param])
+        if any(len(v) > 1 for v in xs.values()):
             tradeoff_figure(f, rows, prefix + "_tradeoff.png", a.x_param, a.fidelity, a.alignment)
             written.append(prefix + "_tradeoff.png")
         grid_figure(f, prefix + "_grid.png", a.max_collages, a.seed)
