@@ -48,6 +48,18 @@ check "an unknown component is refused, naming the valid ones" '[ $rc -eq 1 ] &&
 cp -r "$collage_dir" "$work/bad"; sed -i 's/"text": "blue square"/"text": "green square"/' "$work/bad/collage.json"
 err=$("$collage" generate --collage "$work/bad" --model "$model" --out "$work/x" 2>&1); rc=$?
 check "a layer text missing from the prompt names the file and field" '[ $rc -eq 1 ] && [[ "$err" == *"collage.json"* ]] && [[ "$err" == *"layers[2].text"* ]]'
+# Scoring and datasets.
+"$collage" --threads 1 score --collage "$collage_dir" --image "$work/gen/seed_1.png" --metrics mask_iou,ciede2000,ssim \
+  --json "$work/scores.json" >/dev/null 2>&1
+check "score writes the requested metrics as JSON" 'grep -q "ciede2000" "$work/scores.json" && grep -q "mask_iou" "$work/scores.json"'
+"$collage" --threads 1 score --collage "$collage_dir" --image "$work/gen/collage.png" --metrics ssim --json "$work/self.json" >/dev/null 2>&1
+check "the flattened collage scores SSIM 1 against itself (8-bit PNG)" 'grep -Eq "\"value\": (1(\.0+)?|0\.9999[0-9]*)$" "$work/self.json"'
+err=$("$collage" score --collage "$collage_dir" --image "$work/gen/seed_1.png" --metrics iou 2>&1); rc=$?
+check "an unknown metric is refused, naming the valid ones" '[ $rc -eq 1 ] && [[ "$err" == *"mask_iou"* ]]'
+out=$("$collage" metrics 2>&1)
+check "metrics lists the registry" '[[ "$out" == *"ciede2000"* ]] && [[ "$out" == *"kid"* ]]'
+"$collage" make-dataset shapesworld --n 3 --seed 2 --out "$work/ds" >/dev/null 2>&1
+check "make-dataset writes collages and an index" '[ -s "$work/ds/index.json" ] && [ -s "$work/ds/collage_00002/collage.json" ]'
 "$collage" --help >/dev/null && "$collage" parity --help >/dev/null && "$collage" bench unet --help >/dev/null
 check "--help works everywhere" '[ $? -eq 0 ]'
 exit $fail
