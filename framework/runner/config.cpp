@@ -21,6 +21,12 @@ uint64_t fnv1a(const std::string& s) {
     h ^= c;
     h *= 1099511628211ull;
   }
+  // splitmix64 finaliser: every input bit reaches every output bit (FNV alone keeps close inputs close).
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 31;
   return h;
 }
 
