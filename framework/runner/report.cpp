@@ -8,6 +8,7 @@
 
 #include "core/core.h"
 #include "metrics/metrics.h"
+#include "runner/h5.h"
 #include "runner/runner.h"
 
 namespace cm = collage::metrics;
@@ -108,6 +109,26 @@ std::string report_markdown(const std::string& store) {
         os << fmt::format(" {:.4f} ± {:.4f} |", it->second->mean, it->second->hi - it->second->mean);
     }
     os << "\n";
+  }
+  // Why a column shows '-': the skip reasons the store recorded (first reason per metric, item count).
+  std::map<std::string, std::pair<std::string, int64_t>> skipped;
+  {
+    h5::Handle file = h5::open_file(store, false);
+    for (const auto& name : h5::children(file, "items")) {
+      h5::Handle g = h5::open_group(file, "items/" + name);
+      if (!h5::has_attr(g, "complete") || !h5::exists(g, "scores")) continue;
+      h5::Handle sg = h5::open_group(g, "scores");
+      for (const auto& metric : h5::children(g, "scores")) {
+        h5::Handle d(H5Dopen2(sg, metric.c_str(), H5P_DEFAULT));
+        if (!d.valid() || !h5::has_attr(d, "skip_reason")) continue;
+        auto& entry = skipped[metric];
+        if (entry.second++ == 0) entry.first = h5::attr_string(d, "skip_reason");
+      }
+    }
+  }
+  if (!skipped.empty()) {
+    os << "\nskipped:\n";
+    for (const auto& [metric, e] : skipped) os << fmt::format("- {} ({} items): {}\n", metric, e.second, e.first);
   }
   return os.str();
 }
