@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/version.h"
@@ -233,5 +235,52 @@ TEST(RunnerSweep, ResumeAfterInterruptionAndShardsMergeEqualOneRun) {
   ASSERT_FALSE(summary.empty());
   EXPECT_EQ(summary[0].n, 4);  // 2 collages x 2 seeds
   EXPECT_LE(summary[0].lo, summary[0].mean);
+  fs::remove_all(dir);
+}
+
+// The real thing: `collage sweep` as a child process, killed with SIGKILL mid-sweep, then resumed. Needs the
+// collage binary next to the tests folder (build/collage); skipped when it is not built.
+TEST(RunnerSweep, SigkilledCliSweepResumesToTheSameStore) {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  ASSERT_GT(n, 0);
+  buf[n] = 0;
+  const auto binary = fs::path(buf).parent_path().parent_path() / "collage";
+  if (!fs::exists(binary)) GTEST_SKIP() << binary << " is not built";
+  const auto dir = make_temp("kill");
+  const auto data = tiny_dataset(dir);
+  const auto model = tiny_model(dir);
+  std::string text = config_text(data, model);
+  text.replace(text.find("\"steps\": 3"), 10, "\"steps\": 12");
+  const auto cfg_path = dir + "/x.json";
+  std::ofstream(cfg_path) << text;
+  const auto config = load_config(cfg_path);
+  const auto killed = dir + "/killed.h5", log = dir + "/log.txt";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format("exec '{}' --threads 1 sweep '{}' --out '{}' > '{}' 2>&1", binary.string(),
+                                        cfg_path, killed, log);
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Kill once the second unit is reported done (the third is then in flight).
+  bool seen = false;
+  for (int i = 0; i < 600 && !seen; ++i) {
+    ::usleep(50000);
+    std::ifstream in(log);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    seen = all.find("[2/6]") != std::string::npos;
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(seen) << "the child never reported its second unit";
+  EXPECT_LT(list_items(killed).size(), 12u);
+  const auto s = run_sweep(config, quiet(killed));
+  EXPECT_GE(s.units_done_before, 2);
+  const auto full = dir + "/full.h5";
+  run_sweep(config, quiet(full));
+  expect_same_scores(full, killed);
   fs::remove_all(dir);
 }
