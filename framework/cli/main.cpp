@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   collage::cli::add_bench_command(app, global);
   collage::cli::add_collage_commands(app, global);
   collage::cli::add_score_commands(app, global);
+  collage::cli::add_train_commands(app, global);
+  collage::cli::add_shapesworld_commands(app, global);
   collage::cli::add_sweep_commands(app, global);
   try {
     app.parse(argc, argv);

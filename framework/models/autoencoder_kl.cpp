@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "models/load.h"
+#include "models/space_to_depth.h"
 
 namespace collage {
 
@@ -307,8 +308,10 @@ std::shared_ptr<LatentAutoencoder> load_autoencoder(const std::string& folder, c
   const std::string cls = json.contains("_class_name") && json["_class_name"].is_string()
                               ? json["_class_name"].get<std::string>()
                               : "AutoencoderKL";
+  if (cls == "SpaceToDepthAutoencoder")  // weight-free, lossless (the embedded ShapesWorld model)
+    return std::make_shared<SpaceToDepthAutoencoder>(SpaceToDepthConfig::from_json(json, config_path));
   COLLAGE_CHECK_AT(cls == "AutoencoderKL", config_path, "_class_name",
-                   "unsupported autoencoder class '{}' (known: AutoencoderKL)", cls);
+                   "unsupported autoencoder class '{}' (known: AutoencoderKL, SpaceToDepthAutoencoder)", cls);
   return std::make_shared<AutoencoderKLModel>(load_autoencoder_kl(folder, variant));
 }
 

@@ -1,0 +1,491 @@
+#include "training/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "datasets/shapesworld/shapesworld.h"
+#include "diffusion/scheduler.h"
+
+namespace fs = std::filesystem;
+
+namespace collage::training {
+
+namespace {
+
+uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+double wall() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+at::ScalarType dtype_of(const std::string& name, const std::string& file) {
+  if (name == "float16" || name == "fp16") return at::kHalf;
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  throw Error(fmt::format("unknown dtype '{}' (float16, float32, bfloat16)", name), file, "save_dtype");
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream f(path);
+  COLLAGE_CHECK_AT(f.good(), path.string(), "", "cannot write");
+  f << text;
+}
+
+shapesworld::SampleOptions sample_options(const TrainConfig& c) {
+  shapesworld::SampleOptions so;
+  so.min_objects = c.min_objects;
+  so.max_objects = c.max_objects;
+  so.excluded_colour_shapes = c.held_out;
+  return so;
+}
+
+uint64_t scene_seed(const TrainConfig& c, int64_t step, int64_t i) {
+  return mix64(c.seed) % (uint64_t(1) << 40) + uint64_t(step) * uint64_t(c.batch_size) + uint64_t(i);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ config
+
+TrainConfig TrainConfig::from_json(const Json& j, const std::string& file) {
+  TrainConfig c;
+  JsonReader r(j, file);
+  c.seed = r.get<uint64_t>("seed", c.seed);
+  c.image_size = r.get<int64_t>("image_size", c.image_size);
+  c.batch_size = r.get<int64_t>("batch_size", c.batch_size);
+  c.learning_rate = r.get<double>("learning_rate", c.learning_rate);
+  c.warmup_steps = r.get<int64_t>("warmup_steps", c.warmup_steps);
+  c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
+  c.adam_beta1 = r.get<double>("adam_beta1", c.adam_beta1);
+  c.adam_beta2 = r.get<double>("adam_beta2", c.adam_beta2);
+  c.adam_eps = r.get<double>("adam_eps", c.adam_eps);
+  c.grad_clip = r.get<double>("grad_clip", c.grad_clip);
+  c.ema_decay = r.get<double>("ema_decay", c.ema_decay);
+  c.caption_dropout = r.get<double>("caption_dropout", c.caption_dropout);
+  c.max_steps = r.get<int64_t>("max_steps", c.max_steps);
+  c.max_minutes = r.get<double>("max_minutes", c.max_minutes);
+  c.checkpoint_every = r.get<int64_t>("checkpoint_every", c.checkpoint_every);
+  c.keep_checkpoints = r.get<int64_t>("keep_checkpoints", c.keep_checkpoints);
+  c.log_every = r.get<int64_t>("log_every", c.log_every);
+  c.channels_last = r.get<bool>("channels_last", c.channels_last);
+  c.save_dtype = r.get<std::string>("save_dtype", c.save_dtype);
+  dtype_of(c.save_dtype, file);
+  c.min_objects = r.get<int>("min_objects", c.min_objects);
+  c.max_objects = r.get<int>("max_objects", c.max_objects);
+  if (j.contains("held_out")) {
+    COLLAGE_CHECK_AT(j["held_out"].is_array(), file, "held_out", "expected [[colour, shape], ...]");
+    for (const auto& p : j["held_out"]) {
+      COLLAGE_CHECK_AT(p.is_array() && p.size() == 2 && p[0].is_string() && p[1].is_string(), file, "held_out",
+                       "expected [[colour, shape], ...]");
+      c.held_out.emplace_back(p[0].get<std::string>(), p[1].get<std::string>());
+    }
+    r.ignore({"held_out"});
+  }
+  for (const char* key : {"unet", "text_encoder", "scheduler"})
+    COLLAGE_CHECK_AT(j.contains(key) && j[key].is_object(), file, key, "required component config object missing");
+  c.unet = j["unet"];
+  c.text_encoder = j["text_encoder"];
+  c.scheduler = j["scheduler"];
+  r.ignore({"unet", "text_encoder", "scheduler"});
+  c.vae_factor = r.get<int64_t>("vae_factor", c.vae_factor);
+  c.scaling_factor = r.get<double>("scaling_factor", c.scaling_factor);
+  c.tokenizer_source = r.get<std::string>("tokenizer_source", c.tokenizer_source);
+  auto unused = r.unused_keys();
+  COLLAGE_CHECK_AT(unused.empty(), file, unused.empty() ? "" : unused.front(), "unknown training config key");
+  COLLAGE_CHECK_AT(c.batch_size > 0, file, "batch_size", "must be positive");
+  COLLAGE_CHECK_AT(c.image_size % c.vae_factor == 0, file, "image_size", "must be divisible by vae_factor");
+  c.raw = j;
+  return c;
+}
+
+TrainConfig TrainConfig::from_json_file(const std::string& path) { return from_json(read_json_file(path), path); }
+
+// ------------------------------------------------------------------------------------------------ trainer
+
+Trainer::Trainer(TrainConfig config, std::string out_dir) : config_(std::move(config)), out_dir_(std::move(out_dir)) {
+  torch::manual_seed(config_.seed);
+  unet = UNet2DConditionModel(UNet2DConditionConfig::from_json(config_.unet, "training config: unet"));
+  auto tcfg = ClipTextConfig::from_json(config_.text_encoder, "training config: text_encoder");
+  text_encoder = ClipTextModel(tcfg);
+  {
+    torch::NoGradGuard no_grad;  // CLIP's initialisation of the embeddings (torch's N(0, 1) is far too large)
+    text_encoder->text_model->embeddings->token_embedding->weight.normal_(0, 0.02);
+    text_encoder->text_model->embeddings->position_embedding->weight.normal_(0, 0.01);
+  }
+  max_length_ = tcfg.max_position_embeddings;
+  tokenizer_ = std::make_shared<ClipTokenizer>(ClipTokenizer::from_folder(config_.tokenizer_source));
+  COLLAGE_CHECK(tokenizer_->vocab_size() <= tcfg.vocab_size, "tokenizer has {} tokens, text encoder vocab_size {}",
+                tokenizer_->vocab_size(), tcfg.vocab_size);
+  const auto ucfg = unet->config();
+  COLLAGE_CHECK(ucfg.cross_attention_dim == tcfg.hidden_size, "unet cross_attention_dim {} != text hidden_size {}",
+                ucfg.cross_attention_dim, tcfg.hidden_size);
+  const int64_t lc = 3 * config_.vae_factor * config_.vae_factor;
+  COLLAGE_CHECK(ucfg.in_channels == lc && ucfg.out_channels == lc, "unet in/out channels must be {} (3 x {}^2)", lc,
+                config_.vae_factor);
+
+  auto scfg = SchedulerConfig::from_json(config_.scheduler, "training config: scheduler");
+  COLLAGE_CHECK(scfg.prediction_type == "epsilon", "only epsilon prediction is trained");
+  auto sched = make_scheduler(scfg.class_name.empty() ? "ddpm" : scfg.class_name, scfg);
+  alphas_cumprod_ = sched->alphas_cumprod().to(at::kFloat).clone();
+
+  scaling_factor_ = config_.scaling_factor;
+  if (scaling_factor_ <= 0) {  // 1 / std of the latents of 256 training renders (fixed scenes)
+    std::vector<at::Tensor> imgs;
+    auto so = sample_options(config_);
+    for (int i = 0; i < 256; ++i)
+      imgs.push_back(shapesworld::render(shapesworld::sample_scene(1000000007ull + i, so), config_.image_size,
+                                         config_.image_size).image);
+    auto x = at::stack(imgs) * 2.0 - 1.0;
+    scaling_factor_ = 1.0 / x.std().item<double>();
+  }
+
+  for (const auto& p : unet->named_parameters(true)) param_names_.push_back("unet." + p.key());
+  for (const auto& p : text_encoder->named_parameters(true)) param_names_.push_back("text_encoder." + p.key());
+  if (config_.channels_last) unet->set_channels_last(true);
+  unet->train();
+  text_encoder->train();
+  auto params = parameters();
+  for (auto& p : params) ema_.push_back(p.detach().clone());
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(config_.learning_rate)
+                  .betas({config_.adam_beta1, config_.adam_beta2})
+                  .eps(config_.adam_eps)
+                  .weight_decay(config_.weight_decay));
+}
+
+std::vector<at::Tensor> Trainer::parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& p : unet->parameters(true)) out.push_back(p);
+  for (const auto& p : text_encoder->parameters(true)) out.push_back(p);
+  return out;
+}
+
+int64_t Trainer::unet_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : unet->parameters(true)) n += p.numel();
+  return n;
+}
+
+int64_t Trainer::text_encoder_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : text_encoder->parameters(true)) n += p.numel();
+  return n;
+}
+
+Batch Trainer::make_batch(int64_t step) const {
+  const int64_t B = config_.batch_size, H = config_.image_size;
+  auto so = sample_options(config_);
+  Batch b;
+  std::vector<at::Tensor> imgs;
+  for (int64_t i = 0; i < B; ++i) {
+    const uint64_t s = scene_seed(config_, step, i);
+    auto scene = shapesworld::sample_scene(s, so);
+    imgs.push_back(shapesworld::render(scene, int(H), int(H)).image);
+    b.captions.push_back(shapesworld::caption(scene, s));
+  }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(mix64(config_.seed * 0x100000001B3ull + uint64_t(step)));
+  auto drop = at::rand({B}, gen, at::kFloat);
+  for (int64_t i = 0; i < B; ++i)
+    if (drop[i].item<float>() < config_.caption_dropout) b.captions[i].clear();
+  b.input_ids = at::empty({B, max_length_}, at::kLong);
+  for (int64_t i = 0; i < B; ++i) {
+    auto ids = tokenizer_->encode_padded(b.captions[i], max_length_);
+    std::copy(ids.begin(), ids.end(), b.input_ids[i].data_ptr<int64_t>());
+  }
+  b.latents = at::pixel_unshuffle(at::stack(imgs) * 2.0 - 1.0, config_.vae_factor) * scaling_factor_;
+  b.noise = at::randn(b.latents.sizes(), gen, at::kFloat);
+  b.timesteps = at::randint(0, alphas_cumprod_.size(0), {B}, gen, at::kLong);
+  return b;
+}
+
+at::Tensor Trainer::loss_tensor(const Batch& b) {
+  auto ac = alphas_cumprod_.index_select(0, b.timesteps).view({-1, 1, 1, 1});
+  auto noisy = ac.sqrt() * b.latents + (1 - ac).sqrt() * b.noise;
+  auto emb = text_encoder->forward(b.input_ids).last_hidden_state;
+  auto pred = unet->forward(noisy, b.timesteps, emb);
+  return at::mse_loss(pred.to(at::kFloat), b.noise);
+}
+
+void Trainer::swap_ema() {
+  torch::NoGradGuard no_grad;
+  auto params = parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto tmp = params[i].detach().clone();
+    params[i].detach().copy_(ema_[i]);
+    ema_[i].copy_(tmp);
+  }
+}
+
+double Trainer::loss_on(const Batch& batch, bool use_ema) {
+  torch::NoGradGuard no_grad;
+  if (use_ema) swap_ema();
+  double loss = loss_tensor(batch).item<double>();
+  if (use_ema) swap_ema();
+  return loss;
+}
+
+StepStats Trainer::train_step(const Batch* fixed) {
+  StepStats st;
+  st.lr = config_.learning_rate * std::min(1.0, double(step_ + 1) / double(std::max<int64_t>(1, config_.warmup_steps)));
+  for (auto& group : optimizer_->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(st.lr);
+  const Batch batch = fixed ? *fixed : make_batch(step_);
+  optimizer_->zero_grad();
+  auto loss = loss_tensor(batch);
+  loss.backward();
+  auto params = parameters();
+  st.grad_norm = config_.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(params, config_.grad_clip) : 0.0;
+  optimizer_->step();
+  {
+    torch::NoGradGuard no_grad;
+    const double d = std::min(config_.ema_decay, double(1 + step_) / double(10 + step_));
+    for (size_t i = 0; i < params.size(); ++i) ema_[i].mul_(d).add_(params[i].detach(), 1.0 - d);
+  }
+  st.loss = loss.item<double>();
+  ++step_;
+  return st;
+}
+
+std::map<std::string, at::Tensor> Trainer::named_state(bool ema) const {
+  std::map<std::string, at::Tensor> out;
+  auto params = parameters();
+  for (size_t i = 0; i < params.size(); ++i) out[param_names_[i]] = (ema ? ema_[i] : params[i]).detach();
+  return out;
+}
+
+std::string Trainer::save_checkpoint() {
+  const fs::path root = fs::path(out_dir_) / "checkpoints";
+  fs::create_directories(root);
+  const fs::path dir = root / fmt::format("step_{:07d}", step_);
+  const fs::path tmp = root / fmt::format(".tmp_step_{:07d}", step_);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  auto contiguous = [](std::map<std::string, at::Tensor> m) {
+    for (auto& [k, v] : m) v = v.contiguous();
+    return m;
+  };
+  save_safetensors((tmp / "params.safetensors").string(), contiguous(named_state(false)));
+  save_safetensors((tmp / "ema.safetensors").string(), contiguous(named_state(true)));
+  torch::save(*optimizer_, (tmp / "optimizer.pt").string());
+  Json state;
+  state["step"] = step_;
+  state["seed"] = config_.seed;
+  state["scaling_factor"] = scaling_factor_;
+  state["train_seconds"] = train_seconds;
+  state["config"] = config_.raw;
+  write_json_file((tmp / "state.json").string(), state);
+  fs::remove_all(dir);
+  fs::rename(tmp, dir);
+  std::vector<fs::path> all;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0) all.push_back(e.path());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + size_t(std::max<int64_t>(1, config_.keep_checkpoints)) < all.size(); ++i)
+    fs::remove_all(all[i]);
+  return dir.string();
+}
+
+bool Trainer::resume_latest() {
+  const fs::path root = fs::path(out_dir_) / "checkpoints";
+  if (!fs::is_directory(root)) return false;
+  std::vector<fs::path> all;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0 &&
+        fs::exists(e.path() / "state.json"))
+      all.push_back(e.path());
+  if (all.empty()) return false;
+  std::sort(all.begin(), all.end());
+  const fs::path dir = all.back();
+  auto state = read_json_file((dir / "state.json").string());
+  auto params_file = load_safetensors((dir / "params.safetensors").string());
+  auto ema_file = load_safetensors((dir / "ema.safetensors").string());
+  auto params = parameters();
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& name = param_names_[i];
+    COLLAGE_CHECK_AT(params_file.count(name) && ema_file.count(name), dir.string(), name,
+                     "checkpoint lacks this parameter (different config?)");
+    COLLAGE_CHECK_AT(params_file[name].sizes() == params[i].sizes(), dir.string(), name, "shape mismatch");
+    params[i].detach().copy_(params_file[name]);
+    ema_[i].copy_(ema_file[name]);
+  }
+  torch::load(*optimizer_, (dir / "optimizer.pt").string());
+  step_ = state["step"].get<int64_t>();
+  scaling_factor_ = state["scaling_factor"].get<double>();
+  train_seconds = state.value("train_seconds", 0.0);
+  return true;
+}
+
+void Trainer::export_model(const std::string& folder, bool use_ema) const {
+  const fs::path out(folder);
+  for (const char* sub : {"unet", "text_encoder", "tokenizer", "vae", "scheduler"}) fs::create_directories(out / sub);
+  const auto dtype = dtype_of(config_.save_dtype, "");
+  std::map<std::string, at::Tensor> unet_w, text_w;
+  for (const auto& [name, t] : named_state(use_ema)) {
+    auto v = t.to(dtype).contiguous();
+    if (name.rfind("unet.", 0) == 0) unet_w[name.substr(5)] = v;
+    else text_w[name.substr(13)] = v;
+  }
+  Json ucfg = config_.unet;
+  ucfg["_class_name"] = "UNet2DConditionModel";
+  ucfg["_diffusers_version"] = "0.21.4";
+  write_json_file((out / "unet" / "config.json").string(), ucfg);
+  save_safetensors((out / "unet" / "diffusion_pytorch_model.safetensors").string(), unet_w, {{"format", "pt"}});
+  Json tcfg = config_.text_encoder;
+  tcfg["architectures"] = Json::array({"CLIPTextModel"});
+  tcfg["model_type"] = "clip_text_model";
+  tcfg["torch_dtype"] = config_.save_dtype;
+  write_json_file((out / "text_encoder" / "config.json").string(), tcfg);
+  save_safetensors((out / "text_encoder" / "model.safetensors").string(), text_w, {{"format", "pt"}});
+  for (const char* f : {"vocab.json", "merges.txt", "special_tokens_map.json"}) {
+    const auto src = fs::path(config_.tokenizer_source) / f;
+    if (fs::exists(src)) fs::copy_file(src, out / "tokenizer" / f, fs::copy_options::overwrite_existing);
+  }
+  Json tok;
+  const auto tok_src = fs::path(config_.tokenizer_source) / "tokenizer_config.json";
+  if (fs::exists(tok_src)) tok = read_json_file(tok_src.string());
+  tok["model_max_length"] = max_length_;
+  write_json_file((out / "tokenizer" / "tokenizer_config.json").string(), tok);
+  SpaceToDepthConfig vae;
+  vae.factor = config_.vae_factor;
+  vae.in_channels = 3;
+  vae.scaling_factor = scaling_factor_;
+  write_json_file((out / "vae" / "config.json").string(), vae.to_json());
+  Json scfg = config_.scheduler;
+  scfg["_diffusers_version"] = "0.21.4";
+  write_json_file((out / "scheduler" / "scheduler_config.json").string(), scfg);
+  Json index;
+  index["_class_name"] = "StableDiffusionPipeline";
+  index["_diffusers_version"] = "0.21.4";
+  index["feature_extractor"] = Json::array({nullptr, nullptr});
+  index["safety_checker"] = Json::array({nullptr, nullptr});
+  index["requires_safety_checker"] = false;
+  index["scheduler"] = Json::array({"diffusers", scfg.value("_class_name", std::string("EulerAncestralDiscreteScheduler"))});
+  index["text_encoder"] = Json::array({"transformers", "CLIPTextModel"});
+  index["tokenizer"] = Json::array({"transformers", "CLIPTokenizer"});
+  index["unet"] = Json::array({"diffusers", "UNet2DConditionModel"});
+  index["vae"] = Json::array({"collage", "SpaceToDepthAutoencoder"});
+  write_json_file((out / "model_index.json").string(), index);
+}
+
+// ------------------------------------------------------------------------------------------------ run
+
+TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
+  TrainConfig config = config_in;
+  if (options.steps >= 0) config.max_steps = options.steps;
+  if (options.minutes >= 0) config.max_minutes = options.minutes;
+  fs::create_directories(options.out_dir);
+  Trainer trainer(config, options.out_dir);
+  auto log = [&](const std::string& s) {
+    if (!options.quiet) std::cerr << s << std::endl;
+  };
+  const fs::path csv_path = fs::path(options.out_dir) / "loss.csv";
+  bool resumed = false;
+  if (options.resume) {
+    resumed = trainer.resume_latest();
+    log(resumed ? fmt::format("resumed at step {}", trainer.step()) : "no checkpoint to resume; starting fresh");
+  } else {
+    COLLAGE_CHECK_AT(!fs::exists(fs::path(options.out_dir) / "checkpoints"), options.out_dir, "",
+                     "the output folder already has checkpoints: pass --resume, or choose another --out");
+  }
+  if (!resumed) write_text(csv_path, "step,loss,grad_norm,lr,seconds\n");
+  std::ofstream csv(csv_path, std::ios::app);
+  log(fmt::format("unet {} parameters, text encoder {} parameters, scaling_factor {:.5f}, batch {}",
+                  trainer.unet_parameters(), trainer.text_encoder_parameters(), trainer.scaling_factor(),
+                  config.batch_size));
+
+  const double start = wall();
+  const double seconds_before = trainer.train_seconds;
+  const double budget = config.max_minutes > 0 ? config.max_minutes * 60.0 : 1e30;
+  std::vector<double> window;
+  double window_start = wall();
+  int64_t window_steps = 0;
+  int64_t last_checkpoint = trainer.step();
+  TrainResult result;
+  while (trainer.step() < config.max_steps && wall() - start < budget) {
+    auto st = trainer.train_step();
+    trainer.train_seconds = seconds_before + (wall() - start);
+    COLLAGE_CHECK(std::isfinite(st.loss), "loss is not finite at step {}", trainer.step());
+    window.push_back(st.loss);
+    if (int64_t(window.size()) > std::max<int64_t>(config.log_every, 1)) window.erase(window.begin());
+    ++window_steps;
+    csv << fmt::format("{},{:.6f},{:.4f},{:.3g},{:.1f}\n", trainer.step(), st.loss, st.grad_norm, st.lr,
+                       trainer.train_seconds);
+    if (config.log_every > 0 && trainer.step() % config.log_every == 0) {
+      csv.flush();
+      const double dt = wall() - window_start;
+      double mean = 0;
+      for (double v : window) mean += v;
+      mean /= double(window.size());
+      log(fmt::format("step {:6d}  loss {:.4f}  |g| {:.3f}  lr {:.2e}  {:.2f} steps/s  {:.1f} img/s  {:.0f} s",
+                      trainer.step(), mean, st.grad_norm, st.lr, window_steps / dt,
+                      window_steps * config.batch_size / dt, trainer.train_seconds));
+      window_start = wall();
+      window_steps = 0;
+    }
+    if (config.checkpoint_every > 0 && trainer.step() % config.checkpoint_every == 0) {
+      trainer.save_checkpoint();
+      last_checkpoint = trainer.step();
+    }
+  }
+  csv.flush();
+  if (last_checkpoint != trainer.step()) trainer.save_checkpoint();
+  double mean = 0;
+  for (double v : window) mean += v;
+  result.final_loss = window.empty() ? 0.0 : mean / double(window.size());
+  result.steps = trainer.step();
+  result.seconds = wall() - start;
+  result.model_dir = (fs::path(options.out_dir) / "model").string();
+  trainer.export_model(result.model_dir, true);
+
+  Json info;
+  info["command"] = options.command_line;
+  info["seed"] = config.seed;
+  info["steps"] = result.steps;
+  info["train_seconds"] = trainer.train_seconds;
+  info["final_loss"] = result.final_loss;
+  info["batch_size"] = config.batch_size;
+  info["images_seen"] = result.steps * config.batch_size;
+  info["unet_parameters"] = trainer.unet_parameters();
+  info["text_encoder_parameters"] = trainer.text_encoder_parameters();
+  info["scaling_factor"] = trainer.scaling_factor();
+  Json held = Json::array();
+  for (const auto& [c, s] : config.held_out) held.push_back(Json::array({c, s}));
+  info["held_out"] = held;
+  info["config"] = config.raw;
+  write_json_file((fs::path(result.model_dir) / "TRAINING.json").string(), info);
+  std::string held_text;
+  for (const auto& [c, s] : config.held_out) held_text += fmt::format("{}{} {}", held_text.empty() ? "" : ", ", c, s);
+  write_text(fs::path(result.model_dir) / "TRAINING.md",
+             fmt::format("# Embedded ShapesWorld model: training record\n\n"
+                         "- command: `{}`\n- seed: {}\n- steps: {} (batch {}, {} images)\n"
+                         "- wall time: {:.1f} min (all runs of this output folder)\n"
+                         "- final loss (mean of the last {} steps): {:.4f}\n"
+                         "- parameters: UNet {}, text encoder {}\n- latent scaling_factor: {:.5f}\n"
+                         "- held-out (colour, shape) combinations, never rendered in training: {}\n\n"
+                         "The exact configuration is in TRAINING.json.\n",
+                         options.command_line, config.seed, result.steps, config.batch_size,
+                         result.steps * config.batch_size, trainer.train_seconds / 60.0, window.size(),
+                         result.final_loss, trainer.unet_parameters(), trainer.text_encoder_parameters(),
+                         trainer.scaling_factor(), held_text));
+  log(fmt::format("done: {} steps, final loss {:.4f}, model in {}", result.steps, result.final_loss,
+                  result.model_dir));
+  return result;
+}
+
+}  // namespace collage::training

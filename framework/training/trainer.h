@@ -1,0 +1,161 @@
+// Trainer of the embedded ShapesWorld model: a UNet2DConditionModel and a small CLIP-architecture text encoder,
+// both from scratch, on scenes rendered on the fly (datasets/shapesworld), in the latent space of the lossless
+// SpaceToDepthAutoencoder. Epsilon-prediction DDPM loss on the shipped scheduler's noise schedule, caption
+// dropout (for classifier-free guidance), AdamW with linear warm-up, gradient clipping, EMA weights (exported
+// as the model), checkpoints + resume. Everything random is a function of (seed, step): the batch of step s
+// is rendered from scene seeds data_seed + s*B + i, and its noise / timesteps / dropout come from a generator
+// seeded with (seed, s), so a resumed run continues exactly as an uninterrupted one would.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <torch/optim/optimizer.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/json.h"
+#include "models/clip_text_model.h"
+#include "models/clip_tokenizer.h"
+#include "models/space_to_depth.h"
+#include "models/unet_2d_condition.h"
+
+namespace collage::training {
+
+struct TrainConfig {
+  uint64_t seed = 0;
+  int64_t image_size = 64;
+  int64_t batch_size = 32;
+  double learning_rate = 5e-4;
+  int64_t warmup_steps = 200;
+  double weight_decay = 0.01;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  double grad_clip = 1.0;
+  double ema_decay = 0.995;     // effective decay min(ema_decay, (1 + step) / (10 + step))
+  double caption_dropout = 0.1;  // fraction of captions replaced by "" (the unconditional prompt)
+  int64_t max_steps = 1000000;
+  double max_minutes = 0;       // 0 = no time budget
+  int64_t checkpoint_every = 250;
+  int64_t keep_checkpoints = 2;
+  int64_t log_every = 10;
+  bool channels_last = false;
+  std::string save_dtype = "float16";  // dtype of the exported weights
+  // The world: object counts and held-out (colour, shape) combinations never rendered in training.
+  int min_objects = 1, max_objects = 2;
+  std::vector<std::pair<std::string, std::string>> held_out;
+  // Components (diffusers / transformers config objects, written out verbatim into the model folder).
+  Json unet, text_encoder, scheduler;
+  int64_t vae_factor = 4;
+  double scaling_factor = 0;  // 0 = measured at start (1 / std of the space-to-depth latents of 256 renders)
+  std::string tokenizer_source = "tests/data/golden/tokenizer";  // vocab.json, merges.txt, *.json
+  Json raw;  // the whole file
+
+  static TrainConfig from_json(const Json& json, const std::string& file);
+  static TrainConfig from_json_file(const std::string& path);
+};
+
+// One training batch, everything needed to evaluate the loss deterministically.
+struct Batch {
+  at::Tensor latents;    // (B, C, h, w) scaled
+  at::Tensor input_ids;  // (B, L)
+  at::Tensor noise;      // (B, C, h, w)
+  at::Tensor timesteps;  // (B,) int64
+  std::vector<std::string> captions;
+};
+
+struct StepStats {
+  double loss = 0, grad_norm = 0, lr = 0;
+};
+
+class Trainer {
+ public:
+  // out_dir holds checkpoints/, loss.csv and (after export) model/.
+  Trainer(TrainConfig config, std::string out_dir);
+
+  Batch make_batch(int64_t step) const;
+  // The loss on a batch (no parameter update); `use_ema` evaluates the EMA weights.
+  double loss_on(const Batch& batch, bool use_ema = false);
+  // One optimisation step on make_batch(step()) (or on `batch` when given); advances step().
+  StepStats train_step(const Batch* batch = nullptr);
+
+  int64_t step() const { return step_; }
+  double train_seconds = 0;  // wall time of all runs so far (saved in checkpoints)
+  const TrainConfig& config() const { return config_; }
+  double scaling_factor() const { return scaling_factor_; }
+  int64_t unet_parameters() const;
+  int64_t text_encoder_parameters() const;
+
+  // checkpoints/step_NNNNNNN/{params,ema}.safetensors, optimizer.pt, state.json; older ones beyond
+  // keep_checkpoints are deleted. Returns the folder.
+  std::string save_checkpoint();
+  // Loads the newest checkpoint in out_dir/checkpoints; false when there is none.
+  bool resume_latest();
+  // Writes a diffusers pipeline folder with the EMA (default) or raw weights in config.save_dtype.
+  void export_model(const std::string& folder, bool use_ema = true) const;
+
+  UNet2DConditionModel unet{nullptr};
+  ClipTextModel text_encoder{nullptr};
+
+ private:
+  at::Tensor loss_tensor(const Batch& batch);
+  void swap_ema();
+  std::vector<at::Tensor> parameters() const;
+  std::map<std::string, at::Tensor> named_state(bool ema) const;
+
+  TrainConfig config_;
+  std::string out_dir_;
+  std::shared_ptr<ClipTokenizer> tokenizer_;
+  int64_t max_length_ = 32;
+  double scaling_factor_ = 1;
+  at::Tensor alphas_cumprod_;
+  std::vector<std::string> param_names_;
+  std::vector<at::Tensor> ema_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  int64_t step_ = 0;
+};
+
+struct TrainOptions {
+  std::string out_dir;
+  int64_t steps = -1;     // overrides max_steps when >= 0
+  double minutes = -1;    // overrides max_minutes when >= 0
+  bool resume = false;
+  std::string command_line;  // recorded in TRAINING.md
+  bool quiet = false;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;  // mean loss of the last log_every steps
+  double seconds = 0;     // wall time of this run (not counting earlier, resumed ones)
+  std::string model_dir;
+};
+
+// The whole run: resume (optional), train until the step or time budget, checkpoint, export out_dir/model
+// (EMA weights) with TRAINING.md, append to out_dir/loss.csv.
+TrainResult train(const TrainConfig& config, const TrainOptions& options);
+
+// Evaluation on held-out combinations: prompts of one or two objects, the first of a held-out (colour, shape),
+// generated with the model's scheduler; success = shapesworld::find_object finds every named (colour, shape).
+struct EvalOptions {
+  int64_t n = 100;
+  int64_t steps = 50;
+  double guidance = 5.0;
+  uint64_t seed = 0;
+  std::vector<std::pair<std::string, std::string>> held_out;  // empty: read from the model's TRAINING.json
+  std::string image_dir;  // when set, writes grid PNGs of the generations there
+};
+struct EvalResult {
+  int64_t prompts = 0, all_found = 0, held_out_found = 0, objects = 0, objects_found = 0;
+  double seconds = 0;
+  std::vector<std::string> prompt_texts;
+  std::vector<bool> success;
+  Json to_json() const;
+};
+EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions& options,
+                                const std::function<void(int64_t, int64_t)>& progress = {});
+
+}  // namespace collage::training

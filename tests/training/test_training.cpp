@@ -1,0 +1,150 @@
+// The embedded-model trainer: lossless space-to-depth autoencoder, loss decrease, export -> pipeline load,
+// checkpoint resume.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "core/safetensors.h"
+#include "diffusion/pipeline.h"
+#include "models/space_to_depth.h"
+#include "test_util.h"
+#include "training/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace collage;
+
+namespace {
+
+training::TrainConfig tiny_config() {
+  Json j = {
+      {"seed", 7},
+      {"image_size", 16},
+      {"batch_size", 4},
+      {"learning_rate", 3e-3},
+      {"warmup_steps", 1},
+      {"checkpoint_every", 2},
+      {"log_every", 1},
+      {"held_out", Json::array({Json::array({"red", "star"})})},
+      {"tokenizer_source", test::golden("tokenizer")},
+      {"unet",
+       {{"sample_size", 4},
+        {"in_channels", 48},
+        {"out_channels", 48},
+        {"down_block_types", {"CrossAttnDownBlock2D", "DownBlock2D"}},
+        {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D"}},
+        {"block_out_channels", {32, 32}},
+        {"layers_per_block", 1},
+        {"attention_head_dim", 2},
+        {"cross_attention_dim", 16},
+        {"norm_num_groups", 32},
+        {"use_linear_projection", true}}},
+      {"text_encoder",
+       {{"vocab_size", 49408},
+        {"hidden_size", 16},
+        {"intermediate_size", 32},
+        {"num_hidden_layers", 1},
+        {"num_attention_heads", 2},
+        {"max_position_embeddings", 16}}},
+      {"scheduler",
+       {{"_class_name", "EulerAncestralDiscreteScheduler"},
+        {"num_train_timesteps", 1000},
+        {"beta_start", 0.00085},
+        {"beta_end", 0.012},
+        {"beta_schedule", "scaled_linear"},
+        {"prediction_type", "epsilon"},
+        {"timestep_spacing", "linspace"},
+        {"steps_offset", 1}}}};
+  return training::TrainConfig::from_json(j, "tiny");
+}
+
+}  // namespace
+
+TEST(SpaceToDepth, RoundTripIsExact) {
+  SpaceToDepthConfig c;
+  c.factor = 4;
+  c.scaling_factor = 2.5;
+  SpaceToDepthAutoencoder ae(c);
+  EXPECT_EQ(ae.latent_channels(), 48);
+  EXPECT_EQ(ae.downscale_factor(), 4);
+  auto x = torch::rand({2, 3, 64, 64}) * 2 - 1;
+  auto post = ae.encode(x);
+  ASSERT_EQ(post.mean.sizes(), (std::vector<int64_t>{2, 48, 16, 16}));
+  auto z = post.sample(torch::randn({2, 48, 16, 16}));
+  EXPECT_TRUE(torch::equal(z, post.mean));
+  EXPECT_TRUE(torch::equal(ae.decode(z), x));
+  // channel c*16 + i*4 + j of latent pixel (y, x) is pixel (4y + i, 4x + j) of colour channel c
+  EXPECT_EQ(post.mean[1][16 + 2 * 4 + 3][5][7].item<float>(), x[1][1][4 * 5 + 2][4 * 7 + 3].item<float>());
+
+  const auto dir = test::temp_dir("s2d");
+  write_json_file(dir + "/config.json", c.to_json());
+  auto loaded = load_autoencoder(dir);
+  EXPECT_DOUBLE_EQ(loaded->scaling_factor(), 2.5);
+  EXPECT_TRUE(torch::equal(loaded->decode(loaded->encode(x).mean), x));
+}
+
+TEST(Trainer, LossDecreasesOnAFixedBatch) {
+  at::set_num_threads(1);  // 2 threads on 2 busy cores: OpenMP spin-waits dominate
+  training::Trainer trainer(tiny_config(), test::temp_dir("trainer_fixed"));
+  auto batch = trainer.make_batch(0);
+  ASSERT_EQ(batch.latents.sizes(), (std::vector<int64_t>{4, 48, 4, 4}));
+  ASSERT_EQ(batch.input_ids.sizes(), (std::vector<int64_t>{4, 16}));
+  // the same step gives the same batch
+  auto again = trainer.make_batch(0);
+  EXPECT_TRUE(torch::equal(batch.latents, again.latents));
+  EXPECT_TRUE(torch::equal(batch.noise, again.noise));
+  EXPECT_EQ(batch.captions, again.captions);
+  const double before = trainer.loss_on(batch);
+  for (int i = 0; i < 30; ++i) trainer.train_step(&batch);
+  const double after = trainer.loss_on(batch);
+  EXPECT_LT(after, 0.8 * before) << "before " << before << " after " << after;
+  EXPECT_EQ(trainer.step(), 30);
+}
+
+TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
+  at::set_num_threads(1);  // 2 threads on 2 busy cores: OpenMP spin-waits dominate
+  const auto out = test::temp_dir("trainer_run");
+  training::TrainOptions o;
+  o.out_dir = out;
+  o.steps = 3;
+  o.quiet = true;
+  auto r = training::train(tiny_config(), o);
+  EXPECT_EQ(r.steps, 3);
+  EXPECT_TRUE(fs::exists(out + "/loss.csv"));
+  EXPECT_TRUE(fs::exists(out + "/model/TRAINING.md"));
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step_0000003/state.json"));
+  // exported weights are float16
+  auto f = SafetensorsFile::open(out + "/model/unet/diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(f->entry(f->names().front()).dtype, "F16");
+
+  auto sd = StableDiffusion::load(out + "/model");
+  EXPECT_EQ(sd->tokenizer->model_max_length(), 16);
+  EXPECT_EQ(sd->default_image_size(), 16);
+  GenerateRequest req;
+  req.prompt = "a blue circle on grass";
+  req.steps = 3;
+  req.guidance_scale = 4.0;
+  SeededNoise noise({1, 2});
+  auto gen = txt2img(*sd, req, noise, 2);
+  EXPECT_EQ(gen.images.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
+  EXPECT_TRUE(torch::isfinite(gen.images).all().item<bool>());
+
+  // an uninterrupted 5-step run equals 3 steps + resume to 5
+  o.steps = 5;
+  o.resume = true;
+  auto r2 = training::train(tiny_config(), o);
+  EXPECT_EQ(r2.steps, 5);
+  const auto out_b = test::temp_dir("trainer_run_b");
+  training::TrainOptions ob;
+  ob.out_dir = out_b;
+  ob.steps = 5;
+  ob.quiet = true;
+  training::train(tiny_config(), ob);
+  auto a = load_safetensors(out + "/checkpoints/step_0000005/params.safetensors");
+  auto b = load_safetensors(out_b + "/checkpoints/step_0000005/params.safetensors");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [k, v] : a) EXPECT_TRUE(torch::allclose(v, b.at(k), 1e-5, 1e-6)) << k;
+  // without --resume, an existing run is refused
+  o.resume = false;
+  test::expect_error([&] { training::train(tiny_config(), o); });
+}
