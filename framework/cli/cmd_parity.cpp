@@ -4,6 +4,9 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include <ATen/Context.h>
+
+#include "diffusion/pipeline.h"
 #include "parity/parity.h"
 
 namespace collage::cli {
@@ -21,9 +24,25 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
   cmd->add_flag("--all", a->all_rows, "print every case (default: one summary row per component plus failures)");
   cmd->callback([a, &global] {
     apply_runtime(global);
-    auto results = parity::run_parity(a->dir, [](const std::string& folder) {
-      std::cerr << "checking " << std::filesystem::path(folder).filename().string() << " ...\n";
-    });
+    parity::Target target;
+    target.device = parse_device(global.device);
+    // Parity is about float32 equality: "auto" means float32 here, on CUDA too (TF32 off).
+    target.dtype = global.dtype == "auto" ? at::kFloat : parse_dtype(global.dtype, target.device);
+    if (target.device.is_cuda()) {
+      at::globalContext().setAllowTF32CuBLAS(false);
+      at::globalContext().setAllowTF32CuDNN(false);
+    }
+    std::cerr << "parity on " << target.str()
+              << (target.dtype == at::kFloat ? "" : " (reduced-precision tolerances)")
+              << (target.device.is_cpu() && target.dtype == at::kFloat
+                      ? ""
+                      : "; the CLIP / LPIPS metric nets (clip*, lpips*) are checked on the CPU in float32")
+              << "\n";
+    auto results = parity::run_parity(
+        a->dir, [](const std::string& folder) {
+          std::cerr << "checking " << std::filesystem::path(folder).filename().string() << " ...\n";
+        },
+        target);
     COLLAGE_CHECK_AT(!results.empty(), a->dir, "", "no component folder found (expected tokenizer/, unet_*/, ...)");
     std::cout << fmt::format("| {:<18} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
                              "max_abs", "max|ref|", "rel", "tolerance", "status");

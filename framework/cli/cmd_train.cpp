@@ -47,12 +47,15 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     o.steps = ta->steps;
     o.minutes = ta->minutes;
     o.resume = ta->resume;
+    o.device = global.device;
     std::ostringstream cmd;
-    cmd << "collage train-model --world " << ta->world << " --config " << ta->config << " --out " << ta->out;
+    cmd << "collage";
+    if (global.threads > 0) cmd << " --threads " << global.threads;
+    if (global.device != "cpu") cmd << " --device " << global.device;
+    cmd << " train-model --world " << ta->world << " --config " << ta->config << " --out " << ta->out;
     if (ta->steps >= 0) cmd << " --steps " << ta->steps;
     if (ta->minutes >= 0) cmd << " --minutes " << ta->minutes;
     if (ta->resume) cmd << " --resume";
-    if (global.threads > 0) cmd << " --threads " << global.threads;
     o.command_line = cmd.str();
     auto r = training::train(config, o);
     std::cout << fmt::format("steps {}  final loss {:.4f}  {:.1f} s  model {}\n", r.steps, r.final_loss, r.seconds,

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <variant>
+
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -12,11 +14,16 @@ namespace collage {
 
 namespace nn = torch::nn;
 
+// libtorch 1.x keeps Conv2dOptions::padding in a c10::variant, 2.x in a std::variant: unqualified calls
+// with std::get/holds_alternative in scope find whichever applies (by argument-dependent lookup).
+using std::get;
+using std::holds_alternative;
+
 at::Tensor Conv2dPackedImpl::forward(const at::Tensor& x) {
   if (!packed_weight_.defined()) return Conv2dImpl::forward(x);
   COLLAGE_CHECK(!(at::GradMode::is_enabled() && x.requires_grad()),
                 "a packed convolution cannot propagate gradients: call unpack_convs() on the model first");
-  const auto& padding = c10::get<torch::ExpandingArray<2>>(options.padding());
+  const auto& padding = get<torch::ExpandingArray<2>>(options.padding());
   auto y = at::mkldnn_convolution(x.contiguous().to_mkldnn(), packed_weight_, packed_bias_, *padding,
                                   *options.stride(), *options.dilation(), options.groups());
   return y.to_dense().contiguous(x.suggest_memory_format());
@@ -24,10 +31,10 @@ at::Tensor Conv2dPackedImpl::forward(const at::Tensor& x) {
 
 void Conv2dPackedImpl::pack() {
   if (packed() || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat) return;
-  COLLAGE_CHECK(c10::holds_alternative<torch::ExpandingArray<2>>(options.padding()),
+  COLLAGE_CHECK(holds_alternative<torch::ExpandingArray<2>>(options.padding()),
                 "cannot pack a convolution with 'same'/'valid' padding");
   torch::NoGradGuard no_grad;
-  const auto& padding = c10::get<torch::ExpandingArray<2>>(options.padding());
+  const auto& padding = get<torch::ExpandingArray<2>>(options.padding());
   dense_shape_ = weight.sizes().vec();
   packed_weight_ = at::mkldnn_reorder_conv2d_weight(weight.contiguous().to_mkldnn(), *padding, *options.stride(),
                                                     *options.dilation(), options.groups());

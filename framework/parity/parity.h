@@ -4,6 +4,8 @@
 #pragma once
 
 #include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include <functional>
 #include <string>
@@ -20,10 +22,25 @@ struct CaseResult {
   std::string detail;     // why it failed, or what was compared
 };
 
+// Where the models run. The references are float32 from diffusers/transformers on the CPU; on CUDA in
+// float32 (TF32 off) the project's tolerances still apply. In float16 / bfloat16 they cannot: comparisons
+// use reduced_precision_tolerance() instead, and the report says so.
+struct Target {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+  std::string str() const;
+  // Moves a model input there: floating tensors also change dtype, integer ones (token ids) do not.
+  at::Tensor in(const at::Tensor& t) const;
+};
+// (rtol, atol) used for a float32-tolerance check in `dtype`.
+std::pair<double, double> reduced_precision_tolerance(at::ScalarType dtype, double rtol, double atol);
+
 // Collects results. Tolerances default to the project's rtol 1e-4 / atol 1e-5.
 class Recorder {
  public:
-  explicit Recorder(std::string component) : component_(std::move(component)) {}
+  explicit Recorder(std::string component, Target target = {})
+      : component_(std::move(component)), target_(target) {}
+  const Target& target() const { return target_; }
   // Floating-point comparison: pass when max|got-ref| <= atol + rtol*max|ref|.
   void tensor(const std::string& name, const at::Tensor& got, const at::Tensor& ref,
               double rtol = 1e-4, double atol = 1e-5);
@@ -37,6 +54,7 @@ class Recorder {
 
  private:
   std::string component_;
+  Target target_;
   std::vector<CaseResult> results_;
 };
 
@@ -55,7 +73,8 @@ std::vector<ComponentChecker> builtin_checkers();
 // Runs every checker on every sub-folder of `root` it claims. Exceptions inside a checker become
 // failures of that component, never a crash. `progress` (optional) is told each folder as it starts.
 std::vector<CaseResult> run_parity(const std::string& root,
-                                   const std::function<void(const std::string&)>& progress = {});
+                                   const std::function<void(const std::string&)>& progress = {},
+                                   const Target& target = {});
 
 // Checkers, one per component kind (each in its own .cpp).
 void check_tokenizer(const std::string& folder, Recorder& rec);

@@ -88,7 +88,10 @@ void check_pipeline(const std::string& folder, Recorder& rec) {
   paths.vae = resolve("vae");
   paths.scheduler_config = (fs::path(resolve("scheduler")) / "scheduler_config.json").string();
   PipelineOptions options;
-  options.dtype = "float32";
+  options.device = rec.target().device.str();
+  options.dtype = c10::toString(rec.target().dtype) == std::string("Half")       ? "float16"
+                  : c10::toString(rec.target().dtype) == std::string("BFloat16") ? "bfloat16"
+                                                                                 : "float32";
   auto sd = StableDiffusion::load(paths, options);
   for (auto it = cfg.at("runs").begin(); it != cfg.at("runs").end(); ++it) {
     try {

@@ -29,7 +29,8 @@ std::vector<ComponentChecker> builtin_checkers() {
   return checkers;
 }
 
-std::vector<CaseResult> run_parity(const std::string& root, const std::function<void(const std::string&)>& progress) {
+std::vector<CaseResult> run_parity(const std::string& root, const std::function<void(const std::string&)>& progress,
+                                   const Target& target) {
   COLLAGE_CHECK_AT(fs::is_directory(root), root, "", "reference folder not found");
   std::vector<std::string> folders;
   for (const auto& entry : fs::directory_iterator(root))
@@ -41,7 +42,7 @@ std::vector<CaseResult> run_parity(const std::string& root, const std::function<
     for (const auto& checker : checkers) {
       if (!checker.claims(folder)) continue;
       if (progress) progress(folder);
-      Recorder rec(fs::path(folder).filename().string());
+      Recorder rec(fs::path(folder).filename().string(), target);
       try {
         checker.check(folder, rec);
       } catch (const std::exception& e) {

@@ -34,6 +34,11 @@ int64_t ulp_distance(float a, float b) {
   return std::llabs(key(a) - key(b));
 }
 
+// Schedule values (betas, alphas_cumprod, sigmas) are float32 pow/cumprod/interp results: libtorch 1.13
+// reproduces the reference bit for bit, libtorch 2.11 (CUDA wheel, seen on the GPU machine) is 2-3 ulp off
+// (3.6e-7 relative), far inside the project's rtol 1e-4. Allow a few ulp, still much stricter than rtol.
+constexpr int64_t kScheduleUlps = 4;
+
 // Float32 values equal to within `max_ulps` (0: exact).
 void check_f32_values(Recorder& rec, const std::string& name, const std::vector<double>& got,
                       const std::vector<double>& ref, int64_t max_ulps) {
@@ -112,10 +117,10 @@ void check_schedule(Recorder& rec, const std::string& prefix, Scheduler& s, cons
     expect(rec, prefix + ".timesteps_dtype", got == want, got + " vs reference " + want);
   }
   check_f32_values(rec, prefix + ".init_noise_sigma", {s.init_noise_sigma()},
-                   {e.at("init_noise_sigma").get<double>()}, 0);
+                   {e.at("init_noise_sigma").get<double>()}, kScheduleUlps);
   if (e.contains("sigmas")) {
     const auto got = s.sigmas().defined() ? tensor_values(s.sigmas()) : std::vector<double>{};
-    check_f32_values(rec, prefix + ".sigmas", got, e.at("sigmas").get<std::vector<double>>(), 1);
+    check_f32_values(rec, prefix + ".sigmas", got, e.at("sigmas").get<std::vector<double>>(), kScheduleUlps);
   }
 }
 
@@ -128,7 +133,7 @@ void check_trajectory(Recorder& rec, const std::string& folder, const std::strin
   check_exact_values(rec, key + ".trajectory.timesteps", s.timestep_values(), tensor_values(ref_timesteps));
   if (file->contains("sigmas")) {
     const auto got = s.sigmas().defined() ? tensor_values(s.sigmas()) : std::vector<double>{};
-    check_f32_values(rec, key + ".trajectory.sigmas", got, tensor_values(file->view("sigmas")), 1);
+    check_f32_values(rec, key + ".trajectory.sigmas", got, tensor_values(file->view("sigmas")), kScheduleUlps);
   }
   const auto x_T_noise = file->view("x_T_noise");
   const auto x_T = file->view("x_T");
@@ -255,9 +260,10 @@ void check_schedulers(const std::string& folder, Recorder& rec) {
     auto ref = SafetensorsFile::open(path);
     auto base = SchedulerConfig::from_json(root.at("base_config"), json_path);
     auto s = make_scheduler("ddpm", base);  // every class builds the same float32 betas / alphas_cumprod
-    check_f32_values(rec, "train_schedule.betas", tensor_values(s->betas()), tensor_values(ref->view("betas")), 0);
+    check_f32_values(rec, "train_schedule.betas", tensor_values(s->betas()), tensor_values(ref->view("betas")),
+                     kScheduleUlps);
     check_f32_values(rec, "train_schedule.alphas_cumprod", tensor_values(s->alphas_cumprod()),
-                     tensor_values(ref->view("alphas_cumprod")), 0);
+                     tensor_values(ref->view("alphas_cumprod")), kScheduleUlps);
   });
 
   const auto& schedulers = root.at("schedulers");

@@ -16,6 +16,7 @@ void check_text_encoder(const std::string& folder, Recorder& rec) {
   ClipTextModel model{nullptr};
   try {
     model = ClipTextModelImpl::load(folder);
+    model->to(rec.target().device, rec.target().dtype);
   } catch (const std::exception& e) {
     rec.failure("load", e.what());
     return;
@@ -37,7 +38,7 @@ void check_text_encoder(const std::string& folder, Recorder& rec) {
   torch::NoGradGuard no_grad;
   ClipTextOutput out;
   try {
-    out = model->forward(cases.at("input_ids"), /*output_hidden_states=*/true);
+    out = model->forward(rec.target().in(cases.at("input_ids")), /*output_hidden_states=*/true);
   } catch (const std::exception& e) {
     rec.failure("forward", e.what());
     return;

@@ -16,6 +16,7 @@ void check_unet(const std::string& folder, Recorder& rec) {
   std::shared_ptr<UNet2DConditionModelImpl> unet;
   try {
     unet = UNet2DConditionModelImpl::load(folder);
+    unet->to(rec.target().device, rec.target().dtype);
   } catch (const std::exception& e) {
     rec.failure("load", e.what());
     return;
@@ -32,8 +33,10 @@ void check_unet(const std::string& folder, Recorder& rec) {
   for (const auto& p : prefixes) {
     try {
       std::map<std::string, at::Tensor> debug;
-      auto out = unet->forward(cases.at(p + ".sample"), cases.at(p + ".timestep"),
-                               cases.at(p + ".encoder_hidden_states"), nullptr, &debug);
+      const auto& tg = rec.target();
+      // The timestep stays float32/int: diffusers embeds it in float32 whatever the model dtype.
+      auto out = unet->forward(tg.in(cases.at(p + ".sample")), cases.at(p + ".timestep").to(tg.device),
+                               tg.in(cases.at(p + ".encoder_hidden_states")), nullptr, &debug);
       rec.tensor(p + ".out", out, cases.at(p + ".out"));
       const std::string dbg = p + ".debug.";
       for (const auto& [name, ref] : cases) {

@@ -17,6 +17,7 @@ void check_vae(const std::string& folder, Recorder& rec) {
   std::shared_ptr<LatentAutoencoder> vae;
   try {
     vae = load_autoencoder(folder);
+    vae->to(rec.target().device, rec.target().dtype);
   } catch (const std::exception& e) {
     rec.failure("load", e.what());
     return;
@@ -46,7 +47,7 @@ void check_vae(const std::string& folder, Recorder& rec) {
     if (const auto* image = get("image")) {
       checked = true;
       try {
-        auto post = vae->encode(*image);
+        auto post = vae->encode(rec.target().in(*image));
         const std::pair<const char*, const at::Tensor*> fields[] = {{"enc_parameters", &post.parameters},
                                                                     {"enc_mean", &post.mean},
                                                                     {"enc_logvar", &post.logvar},
@@ -55,7 +56,7 @@ void check_vae(const std::string& folder, Recorder& rec) {
           if (const auto* ref = get(field)) rec.tensor(p + "." + field, *got, *ref);
         if (const auto* ref = get("enc_sample")) {
           if (const auto* noise = get("sample_noise"))
-            rec.tensor(p + ".enc_sample", post.sample(*noise), *ref);
+            rec.tensor(p + ".enc_sample", post.sample(rec.target().in(*noise)), *ref);
           else
             rec.failure(p + ".enc_sample", "reference has enc_sample but no sample_noise");
         }
@@ -66,7 +67,7 @@ void check_vae(const std::string& folder, Recorder& rec) {
     if (const auto* latent = get("dec_latent")) {
       checked = true;
       try {
-        auto out = vae->decode(*latent);
+        auto out = vae->decode(rec.target().in(*latent));
         if (const auto* ref = get("dec_out"))
           rec.tensor(p + ".dec_out", out, *ref);
         else

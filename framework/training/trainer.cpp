@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -117,7 +118,11 @@ TrainConfig TrainConfig::from_json_file(const std::string& path) { return from_j
 
 // ------------------------------------------------------------------------------------------------ trainer
 
-Trainer::Trainer(TrainConfig config, std::string out_dir) : config_(std::move(config)), out_dir_(std::move(out_dir)) {
+Trainer::Trainer(TrainConfig config, std::string out_dir, at::Device device)
+    : config_(std::move(config)), out_dir_(std::move(out_dir)), device_(device) {
+  if (device_.is_cuda())
+    COLLAGE_CHECK(torch::cuda::is_available(), "training on {} needs a CUDA build of libtorch and a visible GPU",
+                  device_.str());
   torch::manual_seed(config_.seed);
   unet = UNet2DConditionModel(UNet2DConditionConfig::from_json(config_.unet, "training config: unet"));
   auto tcfg = ClipTextConfig::from_json(config_.text_encoder, "training config: text_encoder");
@@ -137,11 +142,15 @@ Trainer::Trainer(TrainConfig config, std::string out_dir) : config_(std::move(co
   const int64_t lc = 3 * config_.vae_factor * config_.vae_factor;
   COLLAGE_CHECK(ucfg.in_channels == lc && ucfg.out_channels == lc, "unet in/out channels must be {} (3 x {}^2)", lc,
                 config_.vae_factor);
+  if (ucfg.block_out_channels.front() < lc)  // run1 of the embedded model: stuck at the trivial-denoiser loss
+    std::cerr << fmt::format("warning: unet block_out_channels[0] = {} < {} latent channels: the full-resolution "
+                             "path is a bottleneck and the loss plateaus near the trivial denoiser's\n",
+                             ucfg.block_out_channels.front(), lc);
 
   auto scfg = SchedulerConfig::from_json(config_.scheduler, "training config: scheduler");
   COLLAGE_CHECK(scfg.prediction_type == "epsilon", "only epsilon prediction is trained");
   auto sched = make_scheduler(scfg.class_name.empty() ? "ddpm" : scfg.class_name, scfg);
-  alphas_cumprod_ = sched->alphas_cumprod().to(at::kFloat).clone();
+  alphas_cumprod_ = sched->alphas_cumprod().to(at::kFloat).to(device_).clone();
 
   scaling_factor_ = config_.scaling_factor;
   if (scaling_factor_ <= 0) {  // 1 / std of the latents of 256 training renders (fixed scenes)
@@ -156,6 +165,8 @@ Trainer::Trainer(TrainConfig config, std::string out_dir) : config_(std::move(co
 
   for (const auto& p : unet->named_parameters(true)) param_names_.push_back("unet." + p.key());
   for (const auto& p : text_encoder->named_parameters(true)) param_names_.push_back("text_encoder." + p.key());
+  unet->to(device_);
+  text_encoder->to(device_);
   if (config_.channels_last) unet->set_channels_last(true);
   unet->train();
   text_encoder->train();
@@ -191,13 +202,17 @@ Batch Trainer::make_batch(int64_t step) const {
   const int64_t B = config_.batch_size, H = config_.image_size;
   auto so = sample_options(config_);
   Batch b;
-  std::vector<at::Tensor> imgs;
-  for (int64_t i = 0; i < B; ++i) {
-    const uint64_t s = scene_seed(config_, step, i);
-    auto scene = shapesworld::sample_scene(s, so);
-    imgs.push_back(shapesworld::render(scene, int(H), int(H)).image);
-    b.captions.push_back(shapesworld::caption(scene, s));
-  }
+  // Scenes are independent: render them in parallel (on a GPU the renderer is otherwise the bottleneck).
+  std::vector<at::Tensor> imgs(B);
+  b.captions.resize(B);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint64_t s = scene_seed(config_, step, i);
+      auto scene = shapesworld::sample_scene(s, so);
+      imgs[i] = shapesworld::render(scene, int(H), int(H)).image;
+      b.captions[i] = shapesworld::caption(scene, s);
+    }
+  });
   auto gen = at::make_generator<at::CPUGeneratorImpl>(mix64(config_.seed * 0x100000001B3ull + uint64_t(step)));
   auto drop = at::rand({B}, gen, at::kFloat);
   for (int64_t i = 0; i < B; ++i)
@@ -214,11 +229,13 @@ Batch Trainer::make_batch(int64_t step) const {
 }
 
 at::Tensor Trainer::loss_tensor(const Batch& b) {
-  auto ac = alphas_cumprod_.index_select(0, b.timesteps).view({-1, 1, 1, 1});
-  auto noisy = ac.sqrt() * b.latents + (1 - ac).sqrt() * b.noise;
-  auto emb = text_encoder->forward(b.input_ids).last_hidden_state;
-  auto pred = unet->forward(noisy, b.timesteps, emb);
-  return at::mse_loss(pred.to(at::kFloat), b.noise);
+  const bool nb = device_.is_cuda();  // pinned-free async copies are fine: the batch outlives the step
+  auto timesteps = b.timesteps.to(device_, nb), latents = b.latents.to(device_, nb), noise = b.noise.to(device_, nb);
+  auto ac = alphas_cumprod_.index_select(0, timesteps).view({-1, 1, 1, 1});
+  auto noisy = ac.sqrt() * latents + (1 - ac).sqrt() * noise;
+  auto emb = text_encoder->forward(b.input_ids.to(device_, nb)).last_hidden_state;
+  auto pred = unet->forward(noisy, timesteps, emb);
+  return at::mse_loss(pred.to(at::kFloat), noise);
 }
 
 void Trainer::swap_ema() {
@@ -264,7 +281,7 @@ StepStats Trainer::train_step(const Batch* fixed) {
 std::map<std::string, at::Tensor> Trainer::named_state(bool ema) const {
   std::map<std::string, at::Tensor> out;
   auto params = parameters();
-  for (size_t i = 0; i < params.size(); ++i) out[param_names_[i]] = (ema ? ema_[i] : params[i]).detach();
+  for (size_t i = 0; i < params.size(); ++i) out[param_names_[i]] = (ema ? ema_[i] : params[i]).detach().cpu();
   return out;
 }
 
@@ -312,8 +329,11 @@ bool Trainer::resume_latest() {
   std::sort(all.begin(), all.end());
   const fs::path dir = all.back();
   auto state = read_json_file((dir / "state.json").string());
-  auto params_file = load_safetensors((dir / "params.safetensors").string());
+  // A checkpoint may hold the EMA weights alone (that is what comes back from a short GPU lease, within its
+  // per-file size limit): then training continues from the EMA weights with a fresh optimiser.
+  const bool has_params = fs::exists(dir / "params.safetensors");
   auto ema_file = load_safetensors((dir / "ema.safetensors").string());
+  auto params_file = has_params ? load_safetensors((dir / "params.safetensors").string()) : ema_file;
   auto params = parameters();
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -324,7 +344,11 @@ bool Trainer::resume_latest() {
     params[i].detach().copy_(params_file[name]);
     ema_[i].copy_(ema_file[name]);
   }
-  torch::load(*optimizer_, (dir / "optimizer.pt").string());
+  if (has_params && fs::exists(dir / "optimizer.pt"))
+    torch::load(*optimizer_, (dir / "optimizer.pt").string(), device_);
+  else
+    std::cerr << "note: " << dir.string() << " has no params/optimizer state: continuing from its EMA weights "
+              << "with a fresh optimiser\n";
   step_ = state["step"].get<int64_t>();
   scaling_factor_ = state["scaling_factor"].get<double>();
   train_seconds = state.value("train_seconds", 0.0);
@@ -390,7 +414,14 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   if (options.steps >= 0) config.max_steps = options.steps;
   if (options.minutes >= 0) config.max_minutes = options.minutes;
   fs::create_directories(options.out_dir);
-  Trainer trainer(config, options.out_dir);
+  const at::Device device(options.device);
+  if (device.is_cuda()) {
+    // TF32 tensor cores for the convolutions and GEMMs: training noise dwarfs the 1e-3 relative rounding.
+    at::globalContext().setAllowTF32CuBLAS(true);
+    at::globalContext().setAllowTF32CuDNN(true);
+    at::globalContext().setBenchmarkCuDNN(true);
+  }
+  Trainer trainer(config, options.out_dir, device);
   auto log = [&](const std::string& s) {
     if (!options.quiet) std::cerr << s << std::endl;
   };
@@ -405,9 +436,9 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   }
   if (!resumed) write_text(csv_path, "step,loss,grad_norm,lr,seconds\n");
   std::ofstream csv(csv_path, std::ios::app);
-  log(fmt::format("unet {} parameters, text encoder {} parameters, scaling_factor {:.5f}, batch {}",
+  log(fmt::format("unet {} parameters, text encoder {} parameters, scaling_factor {:.5f}, batch {}, device {}",
                   trainer.unet_parameters(), trainer.text_encoder_parameters(), trainer.scaling_factor(),
-                  config.batch_size));
+                  config.batch_size, device.str()));
 
   const double start = wall();
   const double seconds_before = trainer.train_seconds;
@@ -445,6 +476,16 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   }
   csv.flush();
   if (last_checkpoint != trainer.step()) trainer.save_checkpoint();
+  if (window.empty()) {  // nothing trained in this run (e.g. exporting a resumed checkpoint): the log's tail
+    std::ifstream in(csv_path);
+    std::string line;
+    std::vector<double> losses;
+    while (std::getline(in, line))
+      if (!line.empty() && std::isdigit(static_cast<unsigned char>(line[0])))
+        losses.push_back(std::stod(line.substr(line.find(',') + 1)));
+    for (size_t i = losses.size() > size_t(config.log_every) ? losses.size() - config.log_every : 0; i < losses.size(); ++i)
+      window.push_back(losses[i]);
+  }
   double mean = 0;
   for (double v : window) mean += v;
   result.final_loss = window.empty() ? 0.0 : mean / double(window.size());

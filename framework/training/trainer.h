@@ -74,7 +74,9 @@ struct StepStats {
 class Trainer {
  public:
   // out_dir holds checkpoints/, loss.csv and (after export) model/.
-  Trainer(TrainConfig config, std::string out_dir);
+  // `device`: where the models, the optimiser state and the EMA live (scenes are rendered on the CPU, in
+  // parallel over at::get_num_threads() threads, and copied over per batch).
+  Trainer(TrainConfig config, std::string out_dir, at::Device device = at::kCPU);
 
   Batch make_batch(int64_t step) const;
   // The loss on a batch (no parameter update); `use_ema` evaluates the EMA weights.
@@ -116,6 +118,7 @@ class Trainer {
   std::vector<at::Tensor> ema_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   int64_t step_ = 0;
+  at::Device device_ = at::kCPU;
 };
 
 struct TrainOptions {
@@ -125,6 +128,7 @@ struct TrainOptions {
   bool resume = false;
   std::string command_line;  // recorded in TRAINING.md
   bool quiet = false;
+  std::string device = "cpu";  // cpu, cuda, cuda:N
 };
 
 struct TrainResult {

@@ -102,6 +102,31 @@ TEST(Trainer, LossDecreasesOnAFixedBatch) {
   EXPECT_EQ(trainer.step(), 30);
 }
 
+// The text conditioning is learned only if the loss reaches the text encoder: the caption tokens' embedding
+// rows must receive gradient (an unused token's row none).
+TEST(Trainer, CaptionTokensReceiveGradients) {
+  at::set_num_threads(1);
+  training::Trainer trainer(tiny_config(), test::temp_dir("trainer_grad"));
+  auto batch = trainer.make_batch(0);
+  batch.timesteps.fill_(100);
+  trainer.text_encoder->zero_grad();
+  trainer.unet->zero_grad();
+  auto ids = batch.input_ids;
+  // the loss of train_step, without the update
+  auto ac = 0.9;
+  auto noisy = std::sqrt(ac) * batch.latents + std::sqrt(1 - ac) * batch.noise;
+  auto emb = trainer.text_encoder->forward(ids).last_hidden_state;
+  auto loss = at::mse_loss(trainer.unet->forward(noisy, batch.timesteps, emb), batch.noise);
+  loss.backward();
+  auto g = trainer.text_encoder->token_embedding_weight().grad();
+  ASSERT_TRUE(g.defined());
+  const int64_t used = ids[0][1].item<int64_t>();  // the first caption's first word
+  const double used_norm = g[used].norm().item<double>();
+  std::cerr << "caption token " << used << " grad norm " << used_norm << ", loss " << loss.item<double>() << "\n";
+  EXPECT_GT(used_norm, 1e-6);
+  EXPECT_EQ(g[1000].norm().item<double>(), 0.0);
+}
+
 TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
   at::set_num_threads(1);  // 2 threads on 2 busy cores: OpenMP spin-waits dominate
   const auto out = test::temp_dir("trainer_run");
@@ -148,4 +173,30 @@ TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
   // without --resume, an existing run is refused
   o.resume = false;
   test::expect_error([&] { training::train(tiny_config(), o); });
+}
+
+// What a short GPU lease brings back is the EMA weights alone (float16, within the per-file size limit):
+// --resume must continue from them with a fresh optimiser, and exporting without training reproduces them.
+TEST(Trainer, ResumesFromAnEmaOnlyCheckpoint) {
+  at::set_num_threads(1);
+  const auto out = test::temp_dir("trainer_ema_only");
+  training::TrainOptions o;
+  o.out_dir = out;
+  o.steps = 2;
+  o.quiet = true;
+  training::train(tiny_config(), o);
+  const auto ck = out + "/checkpoints/step_0000002";
+  auto ema = load_safetensors(ck + "/ema.safetensors");
+  for (auto& [k, v] : ema) v = v.to(at::kHalf);
+  save_safetensors(ck + "/ema.safetensors", ema);
+  fs::remove(ck + "/params.safetensors");
+  fs::remove(ck + "/optimizer.pt");
+  o.resume = true;  // steps stay 2: nothing to train, only the export
+  auto r = training::train(tiny_config(), o);
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_GT(r.final_loss, 0.0);  // read back from loss.csv
+  auto exported = load_safetensors(out + "/model/unet/diffusion_pytorch_model.safetensors");
+  for (const auto& [k, v] : exported) EXPECT_TRUE(torch::equal(v, ema.at("unet." + k))) << k;
+  o.steps = 3;  // and training goes on from there
+  EXPECT_EQ(training::train(tiny_config(), o).steps, 3);
 }

@@ -1,0 +1,152 @@
+// device_check: the CUDA checks of the framework on a lent GPU machine, built by scripts/device/build.sh
+// against that machine's CUDA libtorch. It links only the modules that need no OpenCV/HDF5 (core, models,
+// diffusion, parity, training, the ShapesWorld renderer), because such a machine has none of our Debian
+// packages; everything it runs is the same library code the `collage` CLI runs.
+//
+//   device_check parity GOLDEN_DIR [float32|float16|bfloat16]   golden parity on cuda (exit 1 on failure)
+//   device_check bench-unet UNET_CONFIG [float32|float16] [latent] [batch] [repeat]
+//   device_check train TRAIN_CONFIG OUT_DIR MINUTES [batch_size]
+#include <ATen/Context.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "core/core.h"
+#include "diffusion/pipeline.h"
+#include "models/unet_2d_condition.h"
+#include "parity/parity.h"
+#include "training/trainer.h"
+
+using namespace collage;
+namespace fs = std::filesystem;
+
+namespace {
+
+// DEVICE_CHECK_DEVICE=cpu rehearses the script on a machine without a GPU.
+at::Device target_device() {
+  const char* d = std::getenv("DEVICE_CHECK_DEVICE");
+  return at::Device(d ? d : "cuda");
+}
+void synchronize() {
+  if (target_device().is_cuda()) torch::cuda::synchronize();
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+int run_parity_on_cuda(const std::string& root, const std::string& dtype_name) {
+  parity::Target target;
+  target.device = target_device();
+  target.dtype = parse_dtype(dtype_name, target.device);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);
+  // The checkers of the components this binary links (the CLIP/LPIPS metric nets need OpenCV).
+  const std::vector<std::pair<std::string, parity::Checker>> checkers = {
+      {"tokenizer", parity::check_tokenizer}, {"text_encoder", parity::check_text_encoder},
+      {"unet", parity::check_unet},           {"vae", parity::check_vae},
+      {"schedulers", parity::check_schedulers}, {"pipeline", parity::check_pipeline}};
+  std::vector<std::string> folders;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_directory()) folders.push_back(e.path().string());
+  std::sort(folders.begin(), folders.end());
+  int failures = 0, cases = 0;
+  std::cout << "parity on " << target.str() << "\n";
+  for (const auto& folder : folders) {
+    const auto name = fs::path(folder).filename().string();
+    for (const auto& [prefix, check] : checkers) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      parity::Recorder rec(name, target);
+      try {
+        check(folder, rec);
+      } catch (const std::exception& e) {
+        rec.failure("(checker)", e.what());
+      }
+      double worst_rel = 0;
+      int fails = 0;
+      for (const auto& r : rec.results()) {
+        worst_rel = std::max(worst_rel, r.rel);
+        if (!r.pass) {
+          ++fails;
+          std::cout << fmt::format("  FAIL {} {}: max_abs {:.3e} max|ref| {:.3e} tol r{:.0e} a{:.0e} {}\n", name,
+                                   r.name, r.max_abs_diff, r.max_abs_ref, r.rtol, r.atol, r.detail);
+        }
+      }
+      std::cout << fmt::format("{:<20} {:>4} cases  {:>3} failed  worst rel {:.3e}\n", name, rec.results().size(),
+                               fails, worst_rel);
+      failures += fails;
+      cases += int(rec.results().size());
+      break;
+    }
+  }
+  std::cout << fmt::format("parity {}: {} cases, {} failed\n", target.str(), cases, failures);
+  return failures == 0 ? 0 : 1;
+}
+
+int bench_unet(const std::string& config_path, const std::string& dtype_name, int64_t latent, int64_t batch,
+               int repeat) {
+  torch::NoGradGuard no_grad;
+  const at::Device device = target_device();
+  const auto dtype = parse_dtype(dtype_name, device);
+  auto config = UNet2DConditionConfig::from_json_file(config_path);
+  double t0 = now();
+  auto model = std::make_shared<UNet2DConditionModelImpl>(config);
+  model->to(device, dtype);
+  model->eval();
+  std::cout << fmt::format("UNet {} built and moved in {:.1f} s\n", config_path, now() - t0);
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  auto sample = at::randn({batch, config.in_channels, latent, latent}, opts);
+  auto context = at::randn({batch, 77, config.cross_attention_dim}, opts);
+  auto timestep = at::scalar_tensor(500.0, at::TensorOptions().device(device));
+  auto out = model->forward(sample, timestep, context);  // warm-up (cuDNN algorithm choice)
+  synchronize();
+  TORCH_CHECK(at::isfinite(out).all().item<bool>(), "non-finite UNet output");
+  double best = 1e30;
+  for (int i = 0; i < repeat; ++i) {
+    t0 = now();
+    out = model->forward(sample, timestep, context);
+    synchronize();
+    best = std::min(best, now() - t0);
+  }
+  const double flops = unet_flops(config, batch, latent, latent, 77);
+  std::cout << fmt::format("UNet eval {} batch {} latent {}: best of {} {:.2f} ms, {:.1f} TFLOP/s ({:.1f} GFLOP)\n",
+                           c10::toString(dtype), batch, latent, repeat, best * 1e3, flops / best / 1e12, flops / 1e9);
+  return 0;
+}
+
+int train_on_cuda(const std::string& config_path, const std::string& out, double minutes, int64_t batch) {
+  auto config = training::TrainConfig::from_json_file(config_path);
+  if (batch > 0) config.batch_size = batch;
+  training::TrainOptions o;
+  o.out_dir = out;
+  o.minutes = minutes;
+  o.device = target_device().str();
+  o.command_line = fmt::format("collage --device {} train-model --world shapesworld --config {} --out {} --minutes {}"
+                               "{} (run as scripts/device/device_check train)",
+                               target_device().str(), config_path, out, minutes, batch > 0 ? fmt::format(" (batch_size {})", batch) : "");
+  auto r = training::train(config, o);
+  std::cout << fmt::format("trained {} steps, final loss {:.4f}, {:.1f} s\n", r.steps, r.final_loss, r.seconds);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::vector<std::string> a(argv + 1, argv + argc);
+    if (a.empty()) throw std::runtime_error("usage: device_check parity|bench-unet|train ...");
+    std::cout << fmt::format("libtorch {}, CUDA available {}, {} device(s), {} CPU threads\n", TORCH_VERSION,
+                             torch::cuda::is_available(), torch::cuda::device_count(), at::get_num_threads());
+    if (a[0] == "parity" && a.size() >= 2) return run_parity_on_cuda(a[1], a.size() > 2 ? a[2] : "float32");
+    if (a[0] == "bench-unet" && a.size() >= 2)
+      return bench_unet(a[1], a.size() > 2 ? a[2] : "float16", a.size() > 3 ? std::stoll(a[3]) : 64,
+                        a.size() > 4 ? std::stoll(a[4]) : 2, a.size() > 5 ? std::stoi(a[5]) : 10);
+    if (a[0] == "train" && a.size() >= 4)
+      return train_on_cuda(a[1], a[2], std::stod(a[3]), a.size() > 4 ? std::stoll(a[4]) : 0);
+    throw std::runtime_error("unknown or incomplete command: " + a[0]);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+}

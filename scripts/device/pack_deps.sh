@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Packs what scripts/device/build.sh needs beyond a PyTorch wheel, from this Debian machine: the ICU
+# libraries and headers (the tokenizer's Unicode normalisation), fmt and nlohmann-json headers.
+# The tarball goes to .devdeps/ (ignored by git; carried to the device machine by the `device` tool).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .devdeps
+grep -qx '/.devdeps/' .git/info/exclude 2>/dev/null || echo '/.devdeps/' >> .git/info/exclude
+lib=/usr/lib/x86_64-linux-gnu
+tar cJf .devdeps/deps.tar.xz -h "$lib"/libicu{uc,i18n,data}.so.72 "$lib"/libicu{uc,i18n,data}.so \
+  /usr/include/unicode /usr/include/fmt /usr/include/nlohmann 2>/dev/null
+ls -la .devdeps/deps.tar.xz

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole GPU session in one command (device time is scarce): build device_check, golden parity on CUDA
+# in float32 and float16, the SD 1.5 UNet CFG step timed with its peak GPU memory, then train the embedded
+# ShapesWorld model for the time left. Results go to $OUT (the device tool brings them back):
+# device.log, and the trained model + loss curve as model.tar.part-* (split below the per-file limit).
+#   OUT=/tmp/out BUDGET_S=560 bash scripts/device/run_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/device_out}
+BUDGET_S=${BUDGET_S:-560}     # the command's wall-clock limit, minus a margin
+TRAIN_CONFIG=${TRAIN_CONFIG:-assets/shapesworld/train_config.json}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+g++ --version | head -1
+
+export LD_LIBRARY_PATH=/tmp/collage_devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}  # ICU for the transitive deps
+JOBS=$(nproc) bash scripts/device/build.sh || { echo "BUILD FAILED after $(elapsed) s"; exit 1; }
+echo "== build done at $(elapsed) s"
+B=/tmp/device_check
+G=tests/data/golden
+$B parity $G float32; echo "== parity float32 exit $? at $(elapsed) s"
+$B parity $G float16; echo "== parity float16 exit $? at $(elapsed) s"
+
+peak_mem() {  # runs "$@" while sampling the GPU's used memory; prints the peak (includes the CUDA context)
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > /tmp/mem.txt &
+  local pid=$!
+  "$@"; local rc=$?
+  kill $pid; wait $pid 2>/dev/null
+  echo "   peak GPU memory used (nvidia-smi, incl. CUDA context): $(sort -n /tmp/mem.txt | tail -1) MiB"
+  return $rc
+}
+SD15=$G/configs/stable-diffusion-v1-5/unet/config.json
+peak_mem $B bench-unet $SD15 float16 64 2 10; echo "== bench fp16 exit $? at $(elapsed) s"
+peak_mem $B bench-unet $SD15 float32 64 2 5; echo "== bench fp32 exit $? at $(elapsed) s"
+
+left=$(( BUDGET_S - $(elapsed) - 45 ))   # 45 s for the export and the tarball
+if [ "$left" -gt 60 ]; then
+  minutes=$(python3 -c "print(round($left / 60.0, 2))")
+  echo "== training for $minutes min"
+  $B train "$TRAIN_CONFIG" /tmp/swtrain "$minutes"; echo "== train exit $? at $(elapsed) s"
+  if [ -d /tmp/swtrain/model ]; then
+    tar cf /tmp/model.tar -C /tmp/swtrain model loss.csv
+    split -b 15M -d /tmp/model.tar "$OUT/model.tar.part-"
+    ls -la "$OUT"
+  fi
+else
+  echo "== no time left to train ($left s)"
+fi
+echo "== done at $(elapsed) s"
