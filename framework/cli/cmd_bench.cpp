@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "cli/common.h"
+#include "core/paths.h"
 #include "core/core.h"
 #include "diffusion/pipeline.h"
 #include "models/unet_2d_condition.h"
@@ -49,13 +50,9 @@ double matmul_gflops(int64_t n, const at::Device& device) {
   return 2.0 * n * n * n / best / 1e9;
 }
 
-// The checkout root (where assets/ lives): the working directory or the folder above build/collage.
+// The checkout root holding `must_exist` (a path relative to it).
 fs::path checkout_root(const std::string& must_exist) {
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  std::vector<fs::path> roots{fs::current_path()};
-  if (n > 0) roots.push_back(fs::path(std::string(buf, n)).parent_path().parent_path());
-  for (const auto& r : roots)
+  for (const auto& r : checkout_roots())
     if (fs::exists(r / must_exist)) return r;
   throw Error("cannot find " + must_exist + " (run from the checkout)");
 }

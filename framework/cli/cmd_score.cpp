@@ -11,6 +11,7 @@
 
 #include "cli/common.h"
 #include "collage/collage.h"
+#include "core/paths.h"
 #include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "metrics/plugins.h"
@@ -22,28 +23,9 @@ namespace collage::cli {
 
 namespace {
 
-// Roots to look for shipped folders in: the working directory and the checkout the binary was built in
-// (build/collage -> checkout).
-std::vector<fs::path> search_roots() {
-  std::vector<fs::path> roots{fs::current_path()};
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n > 0) {
-    buf[n] = 0;
-    auto exe = fs::path(buf).parent_path();
-    roots.push_back(exe.parent_path());
-    roots.push_back(exe);
-  }
-  return roots;
-}
-
-// The first root/relative that holds `marker` ("" when none).
+// The first checkout folder `relative` that holds `marker` ("" when none).
 std::string find_shipped(const std::string& relative, const std::string& marker) {
-  for (const auto& root : search_roots()) {
-    auto candidate = root / relative;
-    if (fs::exists(candidate / marker)) return candidate.string();
-  }
-  return {};
+  return find_in_checkout(relative, marker);
 }
 
 std::vector<std::string> split_list(const std::string& text) {

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "core/paths.h"
 #include "core/error.h"
 #include "diffusion/pipeline.h"
 
@@ -67,21 +68,8 @@ std::function<void(int64_t, int64_t)> Progress::callback() {
 }
 
 std::string default_model_dir() {
-  // The embedded model ships in the checkout's assets/ folder; find it relative to the binary (build/collage).
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  std::vector<std::filesystem::path> roots{std::filesystem::current_path()};
-  if (n > 0) {
-    buf[n] = 0;
-    auto exe = std::filesystem::path(buf).parent_path();
-    roots.push_back(exe.parent_path());
-    roots.push_back(exe);
-  }
-  for (const auto& root : roots) {
-    auto candidate = root / "assets" / "shapesworld" / "model";
-    if (std::filesystem::exists(candidate / "model_index.json")) return candidate.string();
-  }
-  return {};
+  // The embedded model ships in the checkout's assets/ folder.
+  return find_in_checkout("assets/shapesworld/model", "model_index.json");
 }
 
 std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model_arg, const std::string& variant,

@@ -30,7 +30,7 @@ struct RunSpec {
   std::string where;         // "runs[1]" (config location)
 };
 
-// The stable id of a method spec + parameters (10 hex digits of a 64-bit FNV-1a hash).
+// The stable id of a method spec + parameters (10 hex digits of a 64-bit FNV-1a hash passed through a splitmix64 finaliser).
 std::string run_id(const MethodSpec& spec);
 
 struct DatasetSpec {

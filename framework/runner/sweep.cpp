@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "core/paths.h"
 #include "core/core.h"
 #include "diffusion/pipeline.h"
 #include "metrics/plugins.h"
@@ -27,26 +28,8 @@ double now() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<fs::path> search_roots() {
-  std::vector<fs::path> roots{fs::current_path()};
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n > 0) {
-    buf[n] = 0;
-    auto exe = fs::path(buf).parent_path();
-    roots.push_back(exe.parent_path());
-    roots.push_back(exe);
-    roots.push_back(exe.parent_path().parent_path());
-  }
-  return roots;
-}
-
 std::string find_shipped(const std::string& relative, const std::string& marker) {
-  for (const auto& root : search_roots()) {
-    auto candidate = root / relative;
-    if (marker.empty() ? fs::is_directory(candidate) : fs::exists(candidate / marker)) return candidate.string();
-  }
-  return {};
+  return find_in_checkout(relative, marker);
 }
 
 // A path from the config: as given when it exists, else relative to the config's folder.
