@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 
 #include "core/error.h"
@@ -448,8 +449,23 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   int64_t window_steps = 0;
   int64_t last_checkpoint = trainer.step();
   TrainResult result;
+  // On a GPU the scenes of the next step are rendered (on the CPU cores) while the GPU runs this one; the
+  // batch depends on the step index only, so results are the same as without prefetching.
+  std::future<Batch> next;
+  auto prefetch = [&trainer](int64_t step) {
+    return std::async(std::launch::async, [&trainer, step] { return trainer.make_batch(step); });
+  };
+  const bool use_prefetch = options.prefetch < 0 ? device.is_cuda() : options.prefetch > 0;
+  if (use_prefetch && trainer.step() < config.max_steps) next = prefetch(trainer.step());
   while (trainer.step() < config.max_steps && wall() - start < budget) {
-    auto st = trainer.train_step();
+    StepStats st;
+    if (next.valid()) {
+      const Batch batch = next.get();
+      if (trainer.step() + 1 < config.max_steps) next = prefetch(trainer.step() + 1);
+      st = trainer.train_step(&batch);
+    } else {
+      st = trainer.train_step();
+    }
     trainer.train_seconds = seconds_before + (wall() - start);
     COLLAGE_CHECK(std::isfinite(st.loss), "loss is not finite at step {}", trainer.step());
     window.push_back(st.loss);

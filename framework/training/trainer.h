@@ -129,6 +129,7 @@ struct TrainOptions {
   std::string command_line;  // recorded in TRAINING.md
   bool quiet = false;
   std::string device = "cpu";  // cpu, cuda, cuda:N
+  int prefetch = -1;  // render the next batch while this step runs: 1 on, 0 off, -1 on for CUDA only
 };
 
 struct TrainResult {

@@ -170,6 +170,13 @@ TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
   auto b = load_safetensors(out_b + "/checkpoints/step_0000005/params.safetensors");
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [k, v] : a) EXPECT_TRUE(torch::allclose(v, b.at(k), 1e-5, 1e-6)) << k;
+  // rendering the next batch while a step runs (the CUDA default) changes nothing
+  const auto out_c = test::temp_dir("trainer_run_c");
+  ob.out_dir = out_c;
+  ob.prefetch = 1;
+  training::train(tiny_config(), ob);
+  auto c = load_safetensors(out_c + "/checkpoints/step_0000005/params.safetensors");
+  for (const auto& [k, v] : c) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
   // without --resume, an existing run is refused
   o.resume = false;
   test::expect_error([&] { training::train(tiny_config(), o); });
