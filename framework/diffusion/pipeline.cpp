@@ -1,5 +1,6 @@
 #include "diffusion/pipeline.h"
 
+#include <algorithm>
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
@@ -73,6 +74,8 @@ std::shared_ptr<StableDiffusion> StableDiffusion::load(const ComponentPaths& pat
 }
 
 void StableDiffusion::prepare(const PipelineOptions& options) {
+  prompt_cache_.clear();  // the encoder may change device/dtype below
+  prompt_cache_order_.clear();
   text_encoder->eval();
   unet->eval();
   text_encoder->to(device, dtype);
@@ -98,8 +101,27 @@ at::Tensor StableDiffusion::tokenize(const std::vector<std::string>& prompts) co
 
 at::Tensor StableDiffusion::encode_prompt(const std::vector<std::string>& prompts) {
   torch::NoGradGuard no_grad;
-  auto ids = tokenize(prompts).to(device);
-  return text_encoder->forward(ids).last_hidden_state.to(dtype);
+  if (prompt_cache_limit == 0) return text_encoder->forward(tokenize(prompts).to(device)).last_hidden_state.to(dtype);
+  std::vector<std::string> missing;
+  for (const auto& p : prompts)
+    if (!prompt_cache_.count(p) && std::find(missing.begin(), missing.end(), p) == missing.end()) missing.push_back(p);
+  prompt_cache_hits += int64_t(prompts.size()) - int64_t(missing.size());
+  prompt_cache_misses += int64_t(missing.size());
+  if (!missing.empty()) {  // one batch for the new prompts; each row is independent of the others
+    auto states = text_encoder->forward(tokenize(missing).to(device)).last_hidden_state.to(dtype);
+    for (size_t i = 0; i < missing.size(); ++i) {
+      prompt_cache_[missing[i]] = states[int64_t(i)].clone();
+      prompt_cache_order_.push_back(missing[i]);
+    }
+  }
+  std::vector<at::Tensor> rows;
+  for (const auto& p : prompts) rows.push_back(prompt_cache_.at(p));
+  auto out = at::stack(rows);
+  while (prompt_cache_order_.size() > prompt_cache_limit) {
+    prompt_cache_.erase(prompt_cache_order_.front());
+    prompt_cache_order_.pop_front();
+  }
+  return out;
 }
 
 at::Tensor StableDiffusion::encode_image(const at::Tensor& images01, NoiseSource& noise) {

@@ -5,6 +5,7 @@
 #include <ATen/Tensor.h>
 
 #include <functional>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,8 +59,11 @@ class StableDiffusion {
 
   // Token ids (N, 77) of the prompts, padded and truncated as the tokenizer config says.
   at::Tensor tokenize(const std::vector<std::string>& prompts) const;
-  // Text-encoder last hidden states (N, 77, D) in the model dtype.
+  // Text-encoder last hidden states (N, 77, D) in the model dtype. Recent prompts come from a cache (a sweep
+  // encodes the same prompts for every run and seed); prepare() empties it.
   at::Tensor encode_prompt(const std::vector<std::string>& prompts);
+  size_t prompt_cache_limit = 256;   // prompts kept (one (77, D) tensor each); 0 disables the cache
+  int64_t prompt_cache_hits = 0, prompt_cache_misses = 0;
   // Images in [0, 1] (B, 3, H, W) -> scaled latents (latent_dist sample with noise from `noise` x scaling factor).
   at::Tensor encode_image(const at::Tensor& images01, NoiseSource& noise);
   // Scaled latents -> images in [0, 1].
@@ -67,6 +71,10 @@ class StableDiffusion {
   int64_t vae_scale_factor() const { return vae->downscale_factor(); }
   // Default output size: the UNet's sample_size times the VAE factor (512 for SD 1.5).
   int64_t default_image_size() const { return unet->config().sample_size * vae_scale_factor(); }
+
+ private:
+  std::map<std::string, at::Tensor> prompt_cache_;
+  std::deque<std::string> prompt_cache_order_;  // oldest first
 };
 
 struct GenerateRequest {

@@ -321,6 +321,8 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       log(fmt::format("[{}/{}] {} | {} ({}): {:.1f} s (method {:.1f} s, scoring {:.2f} s); elapsed {:.0f} s, ETA {:.0f} s",
                       k + 1, todo.size(), nc.name, run.label, run.id, now() - t_unit, method_s, scoring_s, elapsed, eta));
     }
+    log(fmt::format("prompt encodings: {} reused from the cache, {} computed", sd->prompt_cache_hits,
+                    sd->prompt_cache_misses));
   }
   rebuild_scores_table(options.out);
   summary.wall_s = now() - t_start;

@@ -103,3 +103,26 @@ TEST(Pipeline, RejectsBadRequests) {
   EXPECT_THROW(txt2img(*sd, r, n, 1), Error);
   EXPECT_THROW(StableDiffusion::load(test::golden("unet_sd1")), Error);  // not a pipeline folder
 }
+
+// Sweeps encode the same prompts for every run and seed: the second time comes from the cache, with the
+// very same tensor, and a cache that is full forgets the oldest prompt first.
+TEST(Pipeline, PromptEmbeddingsAreCached) {
+  auto sd = tiny();
+  sd->prompt_cache_limit = 2;
+  auto first = sd->encode_prompt({"a red barn", "blurry"});
+  EXPECT_EQ(sd->prompt_cache_misses, 2);
+  auto again = sd->encode_prompt({"blurry", "a red barn"});
+  EXPECT_EQ(sd->prompt_cache_hits, 2);
+  EXPECT_TRUE(torch::equal(again[0], first[1]));
+  EXPECT_TRUE(torch::equal(again[1], first[0]));
+  sd->prompt_cache_limit = 0;  // uncached: the same numbers
+  auto uncached = sd->encode_prompt({"a red barn", "blurry"});
+  EXPECT_TRUE(torch::allclose(uncached, first, 1e-6, 1e-6));
+  sd->prompt_cache_limit = 2;
+  sd->encode_prompt({"a green field"});  // evicts "a red barn"
+  const auto misses = sd->prompt_cache_misses;
+  sd->encode_prompt({"blurry"});
+  EXPECT_EQ(sd->prompt_cache_misses, misses);
+  sd->encode_prompt({"a red barn"});
+  EXPECT_EQ(sd->prompt_cache_misses, misses + 1);
+}
