@@ -34,9 +34,6 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
     }
     std::cerr << "parity on " << target.str()
               << (target.dtype == at::kFloat ? "" : " (reduced-precision tolerances)")
-              << (target.device.is_cpu() && target.dtype == at::kFloat
-                      ? ""
-                      : "; the CLIP / LPIPS metric nets (clip*, lpips*) are checked on the CPU in float32")
               << "\n";
     auto results = parity::run_parity(
         a->dir, [](const std::string& folder) {

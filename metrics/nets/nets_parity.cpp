@@ -149,6 +149,7 @@ void check_clip_vision(const std::string& folder, Recorder& rec) {
   ClipVisionModelWithProjection model{nullptr};
   try {
     model = ClipVisionModelWithProjectionImpl::load(folder);
+    model->to(rec.target().device, rec.target().dtype);
   } catch (const std::exception& e) {
     rec.failure("load", e.what());
     return;
@@ -179,7 +180,7 @@ void check_clip_vision(const std::string& folder, Recorder& rec) {
     }
     ClipVisionOutput out;
     try {
-      out = model->forward(pixel_values, /*output_hidden_states=*/true);
+      out = model->forward(rec.target().in(pixel_values), /*output_hidden_states=*/true);
     } catch (const std::exception& e) {
       rec.failure(c + ".forward", e.what());
       continue;
@@ -223,6 +224,7 @@ void check_clip(const std::string& folder, Recorder& rec) {
   ClipModel model{nullptr};
   try {
     model = ClipModelImpl::load(folder);
+    model->to(rec.target().device, rec.target().dtype);
   } catch (const std::exception& e) {
     rec.failure("load", e.what());
     return;
@@ -265,10 +267,12 @@ void check_clip(const std::string& folder, Recorder& rec) {
   ClipOutput out;
   at::Tensor text_features, image_features, text_no_mask;
   try {
-    out = model->forward(ids, cases.at("pixel_values"), mask);
-    text_features = model->get_text_features(ids, mask);
-    image_features = model->get_image_features(cases.at("pixel_values"));
-    text_no_mask = model->text_tower()->forward(ids).last_hidden_state;
+    const auto& tg = rec.target();
+    const auto pixels = tg.in(cases.at("pixel_values")), ids_t = tg.in(ids), mask_t = tg.in(mask);
+    out = model->forward(ids_t, pixels, mask_t);
+    text_features = model->get_text_features(ids_t, mask_t);
+    image_features = model->get_image_features(pixels);
+    text_no_mask = model->text_tower()->forward(ids_t).last_hidden_state;
   } catch (const std::exception& e) {
     rec.failure("forward", e.what());
     return;
@@ -354,6 +358,7 @@ void check_lpips(const std::string& folder, Recorder& rec) {
     Lpips model{nullptr};
     try {
       model = LpipsImpl::load_folder(folder, parse_lpips_net(net_name));
+      model->to(rec.target().device, rec.target().dtype);
     } catch (const std::exception& e) {
       rec.failure(net_name + ".load", e.what());
       continue;
@@ -366,7 +371,8 @@ void check_lpips(const std::string& folder, Recorder& rec) {
       options.keep_features = true;
       LpipsOutput out;
       try {
-        out = model->forward(in0, in1, options);  // value is computed exactly as with spatial=False
+        // value is computed exactly as with spatial=False
+        out = model->forward(rec.target().in(in0), rec.target().in(in1), options);
       } catch (const std::exception& e) {
         rec.failure(net_name + "." + c + ".forward", e.what());
         continue;
