@@ -259,7 +259,8 @@ double Trainer::loss_on(const Batch& batch, bool use_ema) {
 
 StepStats Trainer::train_step(const Batch* fixed) {
   StepStats st;
-  st.lr = config_.learning_rate * std::min(1.0, double(step_ + 1) / double(std::max<int64_t>(1, config_.warmup_steps)));
+  st.lr = config_.learning_rate *
+          std::min(1.0, double(step_ - warmup_start_ + 1) / double(std::max<int64_t>(1, config_.warmup_steps)));
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(st.lr);
   const Batch batch = fixed ? *fixed : make_batch(step_);
@@ -349,8 +350,9 @@ bool Trainer::resume_latest() {
     torch::load(*optimizer_, (dir / "optimizer.pt").string(), device_);
   else
     std::cerr << "note: " << dir.string() << " has no params/optimizer state: continuing from its EMA weights "
-              << "with a fresh optimiser\n";
+              << "with a fresh optimiser (and a new learning-rate warm-up)\n";
   step_ = state["step"].get<int64_t>();
+  if (!(has_params && fs::exists(dir / "optimizer.pt"))) warmup_start_ = step_;
   scaling_factor_ = state["scaling_factor"].get<double>();
   train_seconds = state.value("train_seconds", 0.0);
   return true;

@@ -118,6 +118,7 @@ class Trainer {
   std::vector<at::Tensor> ema_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   int64_t step_ = 0;
+  int64_t warmup_start_ = 0;  // the learning-rate warm-up restarts with a fresh optimiser (EMA-only resume)
   at::Device device_ = at::kCPU;
 };
 

@@ -5,7 +5,7 @@
 //
 //   device_check parity GOLDEN_DIR [float32|float16|bfloat16]   golden parity on cuda (exit 1 on failure)
 //   device_check bench-unet UNET_CONFIG [float32|float16] [latent] [batch] [repeat]
-//   device_check train TRAIN_CONFIG OUT_DIR MINUTES [batch_size]
+//   device_check train TRAIN_CONFIG OUT_DIR MINUTES [batch_size (0: the config's)] [resume]
 #include <ATen/Context.h>
 #include <torch/torch.h>
 
@@ -115,16 +115,18 @@ int bench_unet(const std::string& config_path, const std::string& dtype_name, in
   return 0;
 }
 
-int train_on_cuda(const std::string& config_path, const std::string& out, double minutes, int64_t batch) {
+int train_on_cuda(const std::string& config_path, const std::string& out, double minutes, int64_t batch, bool resume) {
   auto config = training::TrainConfig::from_json_file(config_path);
   if (batch > 0) config.batch_size = batch;
   training::TrainOptions o;
   o.out_dir = out;
   o.minutes = minutes;
   o.device = target_device().str();
+  o.resume = resume;
   o.command_line = fmt::format("collage --device {} train-model --world shapesworld --config {} --out {} --minutes {}"
-                               "{} (run as scripts/device/device_check train)",
-                               target_device().str(), config_path, out, minutes, batch > 0 ? fmt::format(" (batch_size {})", batch) : "");
+                               "{}{} (run as scripts/device/device_check train)",
+                               target_device().str(), config_path, out, minutes, resume ? " --resume" : "",
+                               batch > 0 ? fmt::format(" (batch_size {})", batch) : "");
   auto r = training::train(config, o);
   std::cout << fmt::format("trained {} steps, final loss {:.4f}, {:.1f} s\n", r.steps, r.final_loss, r.seconds);
   return 0;
@@ -143,7 +145,8 @@ int main(int argc, char** argv) {
       return bench_unet(a[1], a.size() > 2 ? a[2] : "float16", a.size() > 3 ? std::stoll(a[3]) : 64,
                         a.size() > 4 ? std::stoll(a[4]) : 2, a.size() > 5 ? std::stoi(a[5]) : 10);
     if (a[0] == "train" && a.size() >= 4)
-      return train_on_cuda(a[1], a[2], std::stod(a[3]), a.size() > 4 ? std::stoll(a[4]) : 0);
+      return train_on_cuda(a[1], a[2], std::stod(a[3]), a.size() > 4 ? std::stoll(a[4]) : 0,
+                           a.size() > 5 && a[5] == "resume");
     throw std::runtime_error("unknown or incomplete command: " + a[0]);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

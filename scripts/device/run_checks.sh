@@ -2,8 +2,9 @@
 # The whole GPU session in one command (device time is scarce): build device_check, golden parity on CUDA
 # in float32 and float16, the SD 1.5 UNet CFG step timed with its peak GPU memory, then train the embedded
 # ShapesWorld model for the time left. Results go to $OUT (the device tool brings them back):
-# device.log, and the trained model + loss curve as model.tar.part-* (split below the per-file limit).
-#   OUT=/tmp/out BUDGET_S=560 bash scripts/device/run_checks.sh
+# device.log, and run.tar.part-* (split below the per-file limit): the newest checkpoint (EMA weights in
+# float16 + state.json) and loss.csv, i.e. a run folder that --resume continues (and exports).
+#   OUT=/tmp/out BUDGET_S=560 [RESUME_FROM=assets/shapesworld/run2] bash scripts/device/run_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device_out}
@@ -37,15 +38,32 @@ SD15=$G/configs/stable-diffusion-v1-5/unet/config.json
 peak_mem $B bench-unet $SD15 float16 64 2 10; echo "== bench fp16 exit $? at $(elapsed) s"
 peak_mem $B bench-unet $SD15 float32 64 2 5; echo "== bench fp32 exit $? at $(elapsed) s"
 
-left=$(( BUDGET_S - $(elapsed) - 45 ))   # 45 s for the export and the tarball
+# RESUME_FROM=assets/shapesworld/run2 continues that run (its checkpoints/ and loss.csv) instead of starting.
+left=$(( BUDGET_S - $(elapsed) - 60 ))   # 60 s for the export and the packing
 if [ "$left" -gt 60 ]; then
   minutes=$(python3 -c "print(round($left / 60.0, 2))")
-  echo "== training for $minutes min"
-  $B train "$TRAIN_CONFIG" /tmp/swtrain "$minutes"; echo "== train exit $? at $(elapsed) s"
-  if [ -d /tmp/swtrain/model ]; then
-    tar cf /tmp/model.tar -C /tmp/swtrain model loss.csv
-    split -b 15M -d /tmp/model.tar "$OUT/model.tar.part-"
+  rm -rf /tmp/swtrain
+  resume=""
+  if [ -n "${RESUME_FROM:-}" ]; then cp -r "$RESUME_FROM" /tmp/swtrain; resume=resume; fi
+  echo "== training for $minutes min ${RESUME_FROM:+(resuming $RESUME_FROM)}"
+  $B train "$TRAIN_CONFIG" /tmp/swtrain "$minutes" 0 $resume; echo "== train exit $? at $(elapsed) s"
+  # Bring back what a later run needs even if the export failed: the newest checkpoint's EMA weights in
+  # float16 (the per-file limit is 16 MB: the tarball is split), its state.json and the loss log; the model
+  # is exported here from them (64 MB come back at most).
+  ck=$(ls -d /tmp/swtrain/checkpoints/step_* 2>/dev/null | tail -1)
+  if [ -n "$ck" ]; then
+    mkdir -p /tmp/pack/run/checkpoints/$(basename "$ck")
+    python3 - "$ck/ema.safetensors" "/tmp/pack/run/checkpoints/$(basename "$ck")/ema.safetensors" <<'PY' || cp "$ck/ema.safetensors" /tmp/pack/run/checkpoints/$(basename "$ck")/
+import sys
+from safetensors.torch import load_file, save_file
+save_file({k: v.half() for k, v in load_file(sys.argv[1]).items()}, sys.argv[2], metadata={"format": "pt"})
+PY
+    cp "$ck/state.json" /tmp/pack/run/checkpoints/$(basename "$ck")/
+    cp /tmp/swtrain/loss.csv /tmp/pack/run/
+    tar cf /tmp/run.tar -C /tmp/pack run
+    split -b 15M -d /tmp/run.tar "$OUT/run.tar.part-"
     ls -la "$OUT"
+    echo "== here: cat run.tar.part-* | tar x; then collage train-model ... --out run --resume --steps N exports run/model"
   fi
 else
   echo "== no time left to train ($left s)"
