@@ -266,6 +266,8 @@ StepStats Trainer::train_step(const Batch* fixed) {
   const Batch batch = fixed ? *fixed : make_batch(step_);
   optimizer_->zero_grad();
   auto loss = loss_tensor(batch);
+  st.loss = loss.item<double>();
+  if (!std::isfinite(st.loss)) return st;  // no update: the weights stay as they were, for the diagnosis
   loss.backward();
   auto params = parameters();
   st.grad_norm = config_.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(params, config_.grad_clip) : 0.0;
@@ -275,7 +277,6 @@ StepStats Trainer::train_step(const Batch* fixed) {
     const double d = std::min(config_.ema_decay, double(1 + step_) / double(10 + step_));
     for (size_t i = 0; i < params.size(); ++i) ema_[i].mul_(d).add_(params[i].detach(), 1.0 - d);
   }
-  st.loss = loss.item<double>();
   ++step_;
   return st;
 }
@@ -469,7 +470,19 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
       st = trainer.train_step();
     }
     trainer.train_seconds = seconds_before + (wall() - start);
-    COLLAGE_CHECK(std::isfinite(st.loss), "loss is not finite at step {}", trainer.step());
+    if (!std::isfinite(st.loss)) {  // say where the NaN came from: the data, the weights, or the step itself
+      const auto b = trainer.make_batch(trainer.step());  // the step that failed (not counted)
+      std::string bad_param;
+      for (const auto& [name, t] : trainer.named_state(false))
+        if (!at::isfinite(t).all().item<bool>()) {
+          bad_param = name;
+          break;
+        }
+      throw Error(fmt::format("loss is not finite at step {}: batch images {}, {}", trainer.step() + 1,
+                              at::isfinite(b.latents).all().item<bool>() ? "finite" : "NOT finite",
+                              bad_param.empty() ? "all weights finite (the forward pass overflowed)"
+                                                : "first non-finite weight " + bad_param));
+    }
     window.push_back(st.loss);
     if (int64_t(window.size()) > std::max<int64_t>(config.log_every, 1)) window.erase(window.begin());
     ++window_steps;

@@ -98,6 +98,8 @@ class Trainer {
   bool resume_latest();
   // Writes a diffusers pipeline folder with the EMA (default) or raw weights in config.save_dtype.
   void export_model(const std::string& folder, bool use_ema = true) const;
+  // Parameters by checkpoint name ("unet.conv_in.weight", ...), the EMA copies when `ema`; on the CPU.
+  std::map<std::string, at::Tensor> named_state(bool ema) const;
 
   UNet2DConditionModel unet{nullptr};
   ClipTextModel text_encoder{nullptr};
@@ -106,7 +108,6 @@ class Trainer {
   at::Tensor loss_tensor(const Batch& batch);
   void swap_ema();
   std::vector<at::Tensor> parameters() const;
-  std::map<std::string, at::Tensor> named_state(bool ema) const;
 
   TrainConfig config_;
   std::string out_dir_;

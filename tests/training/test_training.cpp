@@ -19,7 +19,9 @@ namespace {
 training::TrainConfig tiny_config() {
   Json j = {
       {"seed", 7},
-      // 8x8 latents: at 4x4 this config diverges to NaN within a few steps (open bug, see the issue note).
+      // 8x8 latents: at 4x4 the CLI (--threads 1 only) hits a non-finite forward pass at step 3 with finite
+      // weights and data; it vanishes with MALLOC_PERTURB_ set, so it is an uninitialised read in a libtorch
+      // 1.13 CPU kernel (not located; see the issue note).
       {"image_size", 32},
       {"batch_size", 4},
       {"learning_rate", 3e-3},
@@ -206,4 +208,18 @@ TEST(Trainer, ResumesFromAnEmaOnlyCheckpoint) {
   for (const auto& [k, v] : exported) EXPECT_TRUE(torch::equal(v, ema.at("unet." + k))) << k;
   o.steps = 3;  // and training goes on from there
   EXPECT_EQ(training::train(tiny_config(), o).steps, 3);
+}
+
+// A non-finite loss must not reach the weights: the step is refused (not counted), so that train() can say
+// whether the data or the weights were to blame, and the last checkpoint stays valid.
+TEST(Trainer, NonFiniteLossLeavesTheWeightsUntouched) {
+  at::set_num_threads(1);
+  training::Trainer trainer(tiny_config(), test::temp_dir("trainer_nan"));
+  auto batch = trainer.make_batch(0);
+  batch.latents[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+  const auto before = trainer.named_state(false);
+  auto st = trainer.train_step(&batch);
+  EXPECT_FALSE(std::isfinite(st.loss));
+  EXPECT_EQ(trainer.step(), 0);
+  for (const auto& [k, v] : trainer.named_state(false)) EXPECT_TRUE(torch::equal(v, before.at(k))) << k;
 }
