@@ -239,6 +239,22 @@ at::Tensor Trainer::loss_tensor(const Batch& b) {
   return at::mse_loss(pred.to(at::kFloat), noise);
 }
 
+std::string Trainer::first_non_finite_output(const Batch& b) {
+  auto timesteps = b.timesteps.to(device_), latents = b.latents.to(device_), noise = b.noise.to(device_);
+  auto ac = alphas_cumprod_.index_select(0, timesteps).view({-1, 1, 1, 1});
+  auto noisy = ac.sqrt() * latents + (1 - ac).sqrt() * noise;
+  auto emb = text_encoder->forward(b.input_ids.to(device_)).last_hidden_state;
+  if (!at::isfinite(emb).all().item<bool>()) return "text_encoder";
+  std::map<std::string, at::Tensor> debug;
+  auto pred = unet->forward(noisy, timesteps, emb, nullptr, &debug);
+  // in the order the UNet computes them
+  for (const char* k : {"time_proj", "time_embedding", "conv_in", "down_blocks.0", "down_blocks.1", "down_blocks.2",
+                        "down_blocks.3", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2", "up_blocks.3",
+                        "conv_norm_out"})
+    if (debug.count(k) && !at::isfinite(debug.at(k)).all().item<bool>()) return k;
+  return at::isfinite(pred).all().item<bool>() ? "" : "conv_out";
+}
+
 void Trainer::swap_ema() {
   torch::NoGradGuard no_grad;
   auto params = parameters();
@@ -478,7 +494,10 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
           bad_param = name;
           break;
         }
-      throw Error(fmt::format("loss is not finite at step {}: batch images {}, {}", trainer.step() + 1,
+      std::string where = trainer.first_non_finite_output(b);
+      throw Error(fmt::format("loss is not finite at step {}{}: batch images {}, {}", trainer.step() + 1,
+                              where.empty() ? " (a replay of its forward pass is finite: the non-finite value was transient)"
+                                            : " (replayed: first non-finite output in " + where + ")",
                               at::isfinite(b.latents).all().item<bool>() ? "finite" : "NOT finite",
                               bad_param.empty() ? "all weights finite (the forward pass overflowed)"
                                                 : "first non-finite weight " + bad_param));

@@ -98,6 +98,8 @@ class Trainer {
   bool resume_latest();
   // Writes a diffusers pipeline folder with the EMA (default) or raw weights in config.save_dtype.
   void export_model(const std::string& folder, bool use_ema = true) const;
+  // Replays the forward pass of `batch` and names the first UNet stage with a non-finite output ("" if none).
+  std::string first_non_finite_output(const Batch& batch);
   // Parameters by checkpoint name ("unet.conv_in.weight", ...), the EMA copies when `ema`; on the CPU.
   std::map<std::string, at::Tensor> named_state(bool ema) const;
 
