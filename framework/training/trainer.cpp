@@ -499,7 +499,7 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
                               where.empty() ? " (a replay of its forward pass is finite: the non-finite value was transient)"
                                             : " (replayed: first non-finite output in " + where + ")",
                               at::isfinite(b.latents).all().item<bool>() ? "finite" : "NOT finite",
-                              bad_param.empty() ? "all weights finite (the forward pass overflowed)"
+                              bad_param.empty() ? "all weights finite"
                                                 : "first non-finite weight " + bad_param));
     }
     window.push_back(st.loss);
