@@ -500,7 +500,10 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const 
     // CPU inference: glibc keeps the freed activations of the lower levels in its heap, fragmented, and the
     // peak of the full-resolution up block comes on top (SD 1.5 at 64x64: 4.2 GB peak -> see the bench).
     // Returning them before each up block costs a few page faults (~1 %).
-    if (sample_in.device().is_cpu() && !at::GradMode::is_enabled()) malloc_trim(0);
+    // Only where activations are large (SD sizes: 10 MB per full-resolution map), not for small models.
+    if (sample_in.device().is_cpu() && !at::GradMode::is_enabled() &&
+        B * sample_in.size(2) * sample_in.size(3) * c.block_out_channels[0] * sample_in.element_size() >= (8 << 20))
+      malloc_trim(0);
 #endif
     const bool is_final = i + 1 == b.up.size();
     std::vector<int64_t> size;
