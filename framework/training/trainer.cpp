@@ -229,30 +229,27 @@ Batch Trainer::make_batch(int64_t step) const {
   return b;
 }
 
-at::Tensor Trainer::loss_tensor(const Batch& b) {
+at::Tensor Trainer::loss_tensor(const Batch& b, std::map<std::string, at::Tensor>* debug) {
   const bool nb = device_.is_cuda();  // pinned-free async copies are fine: the batch outlives the step
   auto timesteps = b.timesteps.to(device_, nb), latents = b.latents.to(device_, nb), noise = b.noise.to(device_, nb);
   auto ac = alphas_cumprod_.index_select(0, timesteps).view({-1, 1, 1, 1});
   auto noisy = ac.sqrt() * latents + (1 - ac).sqrt() * noise;
   auto emb = text_encoder->forward(b.input_ids.to(device_, nb)).last_hidden_state;
-  auto pred = unet->forward(noisy, timesteps, emb);
+  if (debug) (*debug)["text_encoder"] = emb;
+  auto pred = unet->forward(noisy, timesteps, emb, nullptr, debug);
+  if (debug) (*debug)["conv_out"] = pred;
   return at::mse_loss(pred.to(at::kFloat), noise);
 }
 
 std::string Trainer::first_non_finite_output(const Batch& b) {
-  auto timesteps = b.timesteps.to(device_), latents = b.latents.to(device_), noise = b.noise.to(device_);
-  auto ac = alphas_cumprod_.index_select(0, timesteps).view({-1, 1, 1, 1});
-  auto noisy = ac.sqrt() * latents + (1 - ac).sqrt() * noise;
-  auto emb = text_encoder->forward(b.input_ids.to(device_)).last_hidden_state;
-  if (!at::isfinite(emb).all().item<bool>()) return "text_encoder";
   std::map<std::string, at::Tensor> debug;
-  auto pred = unet->forward(noisy, timesteps, emb, nullptr, &debug);
-  // in the order the UNet computes them
-  for (const char* k : {"time_proj", "time_embedding", "conv_in", "down_blocks.0", "down_blocks.1", "down_blocks.2",
-                        "down_blocks.3", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2", "up_blocks.3",
-                        "conv_norm_out"})
+  loss_tensor(b, &debug);
+  // in the order they are computed
+  for (const char* k : {"text_encoder", "time_proj", "time_embedding", "conv_in", "down_blocks.0", "down_blocks.1",
+                        "down_blocks.2", "down_blocks.3", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2",
+                        "up_blocks.3", "conv_norm_out", "conv_out"})
     if (debug.count(k) && !at::isfinite(debug.at(k)).all().item<bool>()) return k;
-  return at::isfinite(pred).all().item<bool>() ? "" : "conv_out";
+  return "";
 }
 
 void Trainer::swap_ema() {

@@ -107,7 +107,8 @@ class Trainer {
   ClipTextModel text_encoder{nullptr};
 
  private:
-  at::Tensor loss_tensor(const Batch& batch);
+  // The training loss; `debug` (optional) receives the text encoder's output and the UNet's stage outputs.
+  at::Tensor loss_tensor(const Batch& batch, std::map<std::string, at::Tensor>* debug = nullptr);
   void swap_ema();
   std::vector<at::Tensor> parameters() const;
 
