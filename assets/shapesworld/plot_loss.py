@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Draws the loss curve of a `collage train-model` run: plot_loss.py RUN/loss.csv OUT.png (python3-matplotlib)."""
+"""Draws the loss curve of a `collage train-model` or `collage train-clip` run:
+plot_loss.py RUN/loss.csv OUT.png (python3-matplotlib)."""
 import csv
 import sys
 
@@ -17,7 +18,7 @@ plt.figure(figsize=(7, 4))
 plt.plot(steps, loss, alpha=0.3, label="loss")
 plt.plot(steps, smooth, label=f"mean of {k}")
 plt.xlabel("step")
-plt.ylabel("epsilon MSE")
+plt.ylabel("contrastive loss (InfoNCE)" if "accuracy" in rows[0] else "epsilon MSE")
 plt.yscale("log")
 plt.legend()
 plt.grid(alpha=0.3)

@@ -6,6 +6,8 @@
 
 #include "cli/common.h"
 #include "core/core.h"
+#include "core/paths.h"
+#include "training/clip_trainer.h"
 #include "training/trainer.h"
 
 namespace fs = std::filesystem;
@@ -18,6 +20,16 @@ struct TrainArgs {
   int64_t steps = -1;
   double minutes = -1;
   bool resume = false;
+};
+struct ClipArgs {
+  std::string world = "shapesworld", config, out;
+  int64_t steps = -1, eval_images = 512;
+  double minutes = -1;
+};
+struct ClipEvalArgs {
+  std::string model, json;
+  int64_t images = 512;
+  uint64_t seed = 0;
 };
 struct EvalArgs {
   std::string model, images, json;
@@ -60,6 +72,57 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     auto r = training::train(config, o);
     std::cout << fmt::format("steps {}  final loss {:.4f}  {:.1f} s  model {}\n", r.steps, r.final_loss, r.seconds,
                              r.model_dir);
+  });
+
+  auto ca = std::make_shared<ClipArgs>();
+  auto* tc = app.add_subcommand("train-clip",
+                                "train a small CLIP (image/text, contrastive) from scratch on a sandbox world, for the "
+                                "CLIP metrics");
+  tc->add_option("--world", ca->world, "the world the images come from (shapesworld)")->capture_default_str();
+  tc->add_option("--config", ca->config, "CLIP training config JSON (see assets/shapesworld/clip_config.json)")
+      ->required();
+  tc->add_option("--out", ca->out, "output folder: loss.csv, model/ (transformers CLIPModel layout)")->required();
+  tc->add_option("--steps", ca->steps, "stop after this many steps (overrides max_steps)");
+  tc->add_option("--minutes", ca->minutes, "time budget in minutes (overrides max_minutes)");
+  tc->add_option("--eval-images", ca->eval_images, "renders for the zero-shot evaluation at the end (0: none)")
+      ->capture_default_str();
+  tc->callback([ca, &global] {
+    apply_runtime(global);
+    COLLAGE_CHECK_AT(ca->world == "shapesworld", "", "--world", "unknown world '{}' (known: shapesworld)",
+                     ca->world);
+    COLLAGE_CHECK_AT(global.device == "cpu", "", "--device", "train-clip runs on the CPU only (it takes minutes)");
+    auto config = training::ClipTrainConfig::from_json_file(ca->config);
+    training::ClipTrainOptions o;
+    o.out_dir = ca->out;
+    o.steps = ca->steps;
+    o.minutes = ca->minutes;
+    o.eval_images = ca->eval_images;
+    std::ostringstream cmd;
+    cmd << "collage";
+    if (global.threads > 0) cmd << " --threads " << global.threads;
+    cmd << " train-clip --world " << ca->world << " --config " << ca->config << " --out " << ca->out;
+    if (ca->steps >= 0) cmd << " --steps " << ca->steps;
+    if (ca->minutes >= 0) cmd << " --minutes " << ca->minutes;
+    o.command_line = cmd.str();
+    auto r = training::train_clip(config, o);
+    std::cout << fmt::format("steps {}  final loss {:.4f}  {:.1f} s  model {}\n", r.steps, r.final_loss, r.seconds,
+                             r.model_dir);
+  });
+
+  auto cea = std::make_shared<ClipEvalArgs>();
+  auto* ce = app.add_subcommand("eval-clip", "zero-shot colour/shape accuracy and retrieval of a CLIP on fresh renders");
+  ce->add_option("--model", cea->model, "CLIPModel folder (default: assets/shapesworld/clip)");
+  ce->add_option("--images", cea->images, "number of renders")->capture_default_str();
+  ce->add_option("--seed", cea->seed, "seed of the renders")->capture_default_str();
+  ce->add_option("--json", cea->json, "write the result JSON here");
+  ce->callback([cea, &global] {
+    apply_runtime(global);
+    std::string model = cea->model;
+    if (model.empty()) model = find_in_checkout("assets/shapesworld/clip", "config.json");
+    COLLAGE_CHECK_AT(!model.empty(), "", "--model", "no model given and assets/shapesworld/clip does not exist");
+    auto r = training::evaluate_clip(model, cea->images, cea->seed);
+    if (!cea->json.empty()) write_json_file(cea->json, r.to_json());
+    std::cout << r.summary() << fmt::format("; {:.1f} s\n", r.seconds);
   });
 
   auto ea = std::make_shared<EvalArgs>();

@@ -14,9 +14,11 @@
 #include <iostream>
 
 #include "core/error.h"
+#include "core/paths.h"
 #include "core/safetensors.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "diffusion/scheduler.h"
+#include "models/load.h"
 
 namespace fs = std::filesystem;
 
@@ -107,6 +109,20 @@ TrainConfig TrainConfig::from_json(const Json& j, const std::string& file) {
   c.vae_factor = r.get<int64_t>("vae_factor", c.vae_factor);
   c.scaling_factor = r.get<double>("scaling_factor", c.scaling_factor);
   c.tokenizer_source = r.get<std::string>("tokenizer_source", c.tokenizer_source);
+  if (!fs::exists(c.tokenizer_source)) {  // a checkout-relative path run from elsewhere (e.g. build/)
+    const auto found = find_in_checkout(c.tokenizer_source, "vocab.json");
+    COLLAGE_CHECK_AT(!found.empty(), file, "tokenizer_source", "'{}' not found (a folder with vocab.json, merges.txt)",
+                     c.tokenizer_source);
+    c.tokenizer_source = found;
+  }
+  c.text_encoder_from = r.get<std::string>("text_encoder_from", c.text_encoder_from);
+  c.train_text_encoder = r.get<bool>("train_text_encoder", c.train_text_encoder);
+  c.unet_from = r.get<std::string>("unet_from", c.unet_from);
+  COLLAGE_CHECK_AT(c.unet_from.empty() || fs::exists(c.unet_from), file, "unet_from", "'{}' does not exist",
+                   c.unet_from);
+  COLLAGE_CHECK_AT(c.text_encoder_from.empty() || fs::exists(fs::path(c.text_encoder_from) / "config.json"), file,
+                   "text_encoder_from", "'{}' has no config.json (a CLIPModel or CLIPTextModel folder)",
+                   c.text_encoder_from);
   auto unused = r.unused_keys();
   COLLAGE_CHECK_AT(unused.empty(), file, unused.empty() ? "" : unused.front(), "unknown training config key");
   COLLAGE_CHECK_AT(c.batch_size > 0, file, "batch_size", "must be positive");
@@ -133,6 +149,10 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, at::Device device)
     text_encoder->text_model->embeddings->token_embedding->weight.normal_(0, 0.02);
     text_encoder->text_model->embeddings->position_embedding->weight.normal_(0, 0.01);
   }
+  if (!config_.text_encoder_from.empty()) load_text_encoder(config_.text_encoder_from, tcfg);
+  if (!config_.unet_from.empty()) load_unet(config_.unet_from);
+  if (!config_.train_text_encoder)
+    for (auto& p : text_encoder->parameters(true)) p.set_requires_grad(false);
   max_length_ = tcfg.max_position_embeddings;
   tokenizer_ = std::make_shared<ClipTokenizer>(ClipTokenizer::from_folder(config_.tokenizer_source));
   COLLAGE_CHECK(tokenizer_->vocab_size() <= tcfg.vocab_size, "tokenizer has {} tokens, text encoder vocab_size {}",
@@ -180,6 +200,57 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, at::Device device)
                   .weight_decay(config_.weight_decay));
 }
 
+void Trainer::load_text_encoder(const std::string& folder, const ClipTextConfig& expected) {
+  // Read directly (config + safetensors) rather than through the metrics' ClipModel, so that the trainer builds
+  // without OpenCV (the GPU harness, scripts/device).
+  const auto config_path = (fs::path(folder) / "config.json").string();
+  const auto json = read_json_file(config_path);
+  const bool clip_model = json.value("model_type", std::string()) == "clip";
+  COLLAGE_CHECK_AT(!clip_model || (json.contains("text_config") && json["text_config"].is_object()), config_path,
+                   "text_config", "a CLIPModel config without text_config");
+  const ClipTextConfig found = clip_model ? ClipTextConfig::from_json(json["text_config"], config_path, "text_config.", true)
+                                          : ClipTextConfig::from_json_file(config_path);
+  const std::string prefix = clip_model ? "text_config." : "";
+  auto same = [&](const char* key, int64_t a, int64_t b) {
+    COLLAGE_CHECK_AT(a == b, config_path, prefix + key, "is {}, the training config's text_encoder.{} is {}", a, key,
+                     b);
+  };
+  same("vocab_size", found.vocab_size, expected.vocab_size);
+  same("hidden_size", found.hidden_size, expected.hidden_size);
+  same("intermediate_size", found.intermediate_size, expected.intermediate_size);
+  same("num_hidden_layers", found.num_hidden_layers, expected.num_hidden_layers);
+  same("num_attention_heads", found.num_attention_heads, expected.num_attention_heads);
+  same("max_position_embeddings", found.max_position_embeddings, expected.max_position_embeddings);
+  COLLAGE_CHECK_AT(found.hidden_act == expected.hidden_act, config_path, prefix + "hidden_act",
+                   "is {}, the training config's text_encoder.hidden_act is {}", found.hidden_act, expected.hidden_act);
+  // A CLIPModel's file also holds the vision tower and projections: only the text_model.* keys are taken.
+  std::map<std::string, at::Tensor> source;
+  for (const auto& file : find_weight_files(folder, {"model"}))
+    for (auto& [k, v] : load_safetensors(file)) source[k] = v;
+  torch::NoGradGuard no_grad;
+  for (auto& p : text_encoder->named_parameters(true)) {
+    COLLAGE_CHECK_AT(source.count(p.key()), config_path, p.key(), "missing in the text encoder to start from");
+    COLLAGE_CHECK_AT(source.at(p.key()).sizes() == p.value().sizes(), config_path, p.key(), "shape mismatch");
+    p.value().copy_(source.at(p.key()));
+  }
+}
+
+void Trainer::load_unet(const std::string& path) {
+  if (fs::is_directory(path)) {
+    load_module_weights(*unet, find_weight_files(path, {"diffusion_pytorch_model", "model"}));
+    return;
+  }
+  auto file = load_safetensors(path);  // a checkpoint: unet.* and text_encoder.* keys
+  torch::NoGradGuard no_grad;
+  for (auto& p : unet->named_parameters(true)) {
+    const auto key = "unet." + p.key();
+    COLLAGE_CHECK_AT(file.count(key), path, key, "missing (a checkpoint of a different UNet config?)");
+    COLLAGE_CHECK_AT(file.at(key).sizes() == p.value().sizes(), path, key, "shape [{}] in the file, [{}] in the config",
+                     fmt::join(file.at(key).sizes(), ","), fmt::join(p.value().sizes(), ","));
+    p.value().copy_(file.at(key));
+  }
+}
+
 std::vector<at::Tensor> Trainer::parameters() const {
   std::vector<at::Tensor> out;
   for (const auto& p : unet->parameters(true)) out.push_back(p);
@@ -199,7 +270,7 @@ int64_t Trainer::text_encoder_parameters() const {
   return n;
 }
 
-Batch Trainer::make_batch(int64_t step) const {
+Batch Trainer::make_batch(int64_t step, bool caption_dropout) const {
   const int64_t B = config_.batch_size, H = config_.image_size;
   auto so = sample_options(config_);
   Batch b;
@@ -217,7 +288,7 @@ Batch Trainer::make_batch(int64_t step) const {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(mix64(config_.seed * 0x100000001B3ull + uint64_t(step)));
   auto drop = at::rand({B}, gen, at::kFloat);
   for (int64_t i = 0; i < B; ++i)
-    if (drop[i].item<float>() < config_.caption_dropout) b.captions[i].clear();
+    if (caption_dropout && drop[i].item<float>() < config_.caption_dropout) b.captions[i].clear();
   b.input_ids = at::empty({B, max_length_}, at::kLong);
   for (int64_t i = 0; i < B; ++i) {
     auto ids = tokenizer_->encode_padded(b.captions[i], max_length_);
@@ -268,6 +339,18 @@ double Trainer::loss_on(const Batch& batch, bool use_ema) {
   double loss = loss_tensor(batch).item<double>();
   if (use_ema) swap_ema();
   return loss;
+}
+
+std::pair<double, double> Trainer::text_probe(bool use_ema) {
+  const int64_t probe_step = int64_t(1) << 32;  // scene seeds far past any training step
+  Batch cond = make_batch(probe_step, false);
+  const int64_t B = cond.timesteps.size(0);
+  cond.timesteps = at::linspace(100, 900, B).round().to(at::kLong);
+  Batch uncond = cond;
+  const auto empty = tokenizer_->encode_padded("", max_length_);
+  uncond.input_ids = cond.input_ids.clone();
+  for (int64_t i = 0; i < B; ++i) std::copy(empty.begin(), empty.end(), uncond.input_ids[i].data_ptr<int64_t>());
+  return {loss_on(cond, use_ema), loss_on(uncond, use_ema)};
 }
 
 StepStats Trainer::train_step(const Batch* fixed) {
@@ -517,6 +600,9 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
       window_steps = 0;
     }
     if (config.checkpoint_every > 0 && trainer.step() % config.checkpoint_every == 0) {
+      const auto [cond, uncond] = trainer.text_probe(true);
+      log(fmt::format("step {:6d}  text probe (EMA): loss with captions {:.4f}, without {:.4f}: the text explains "
+                      "{:.1f} % of the loss", trainer.step(), cond, uncond, 100.0 * (uncond - cond) / uncond));
       trainer.save_checkpoint();
       last_checkpoint = trainer.step();
     }
@@ -547,6 +633,8 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   info["steps"] = result.steps;
   info["train_seconds"] = trainer.train_seconds;
   info["final_loss"] = result.final_loss;
+  const auto [probe_cond, probe_uncond] = trainer.text_probe(true);
+  info["text_probe"] = Json{{"loss_with_captions", probe_cond}, {"loss_without_captions", probe_uncond}};
   info["batch_size"] = config.batch_size;
   info["images_seen"] = result.steps * config.batch_size;
   info["unet_parameters"] = trainer.unet_parameters();
@@ -564,12 +652,14 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
                          "- command: `{}`\n- seed: {}\n- steps: {} (batch {}, {} images)\n"
                          "- wall time: {:.1f} min (all runs of this output folder)\n"
                          "- final loss (mean of the last {} steps): {:.4f}\n"
+                         "- text probe (EMA, fixed unseen scenes, t = 100..900): loss {:.4f} with captions, {:.4f} "
+                         "without\n"
                          "- parameters: UNet {}, text encoder {}\n- latent scaling_factor: {:.5f}\n"
                          "- held-out (colour, shape) combinations, never rendered in training: {}\n\n"
                          "The exact configuration is in TRAINING.json.\n",
                          options.command_line, config.seed, result.steps, config.batch_size,
                          result.steps * config.batch_size, trainer.train_seconds / 60.0, window.size(),
-                         result.final_loss, trainer.unet_parameters(), trainer.text_encoder_parameters(),
+                         result.final_loss, probe_cond, probe_uncond, trainer.unet_parameters(), trainer.text_encoder_parameters(),
                          trainer.scaling_factor(), held_text));
   log(fmt::format("done: {} steps, final loss {:.4f}, model in {}", result.steps, result.final_loss,
                   result.model_dir));

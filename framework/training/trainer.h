@@ -52,6 +52,15 @@ struct TrainConfig {
   int64_t vae_factor = 4;
   double scaling_factor = 0;  // 0 = measured at start (1 / std of the space-to-depth latents of 256 renders)
   std::string tokenizer_source = "tests/data/golden/tokenizer";  // vocab.json, merges.txt, *.json
+  // Start the text encoder from a trained CLIP (a CLIPModel folder such as `collage train-clip`'s output, or a
+  // CLIPTextModel folder) instead of from scratch; its text_config must equal `text_encoder`. Stable Diffusion
+  // does the same with OpenAI's CLIP: the words then arrive already separated by colour / shape / background.
+  std::string text_encoder_from;
+  bool train_text_encoder = true;  // false: the text encoder stays frozen (as in Stable Diffusion)
+  // Start the UNet from earlier weights: a diffusers unet folder, or a trainer checkpoint's params/ema
+  // .safetensors (its `unet.*` keys). E.g. keep what an earlier run learned about denoising while the text
+  // encoder is replaced. --resume (a checkpoint in --out) takes precedence.
+  std::string unet_from;
   Json raw;  // the whole file
 
   static TrainConfig from_json(const Json& json, const std::string& file);
@@ -78,7 +87,12 @@ class Trainer {
   // parallel over at::get_num_threads() threads, and copied over per batch).
   Trainer(TrainConfig config, std::string out_dir, at::Device device = at::kCPU);
 
-  Batch make_batch(int64_t step) const;
+  // The batch of a step; `caption_dropout` false keeps every caption (for probes).
+  Batch make_batch(int64_t step, bool caption_dropout = true) const;
+  // Is the model using the text? The loss on a fixed probe batch (scenes never trained on, timesteps spread
+  // over 100..900) with the true captions and with every caption empty; {conditional, unconditional}.
+  // A model that ignores the text has both equal (run 2 of the embedded model: see its TRAINING.md).
+  std::pair<double, double> text_probe(bool use_ema = true);
   // The loss on a batch (no parameter update); `use_ema` evaluates the EMA weights.
   double loss_on(const Batch& batch, bool use_ema = false);
   // One optimisation step on make_batch(step()) (or on `batch` when given); advances step().
@@ -110,6 +124,9 @@ class Trainer {
   // The training loss; `debug` (optional) receives the text encoder's output and the UNet's stage outputs.
   at::Tensor loss_tensor(const Batch& batch, std::map<std::string, at::Tensor>* debug = nullptr);
   void swap_ema();
+  // Copies the text tower of a CLIPModel / CLIPTextModel folder into text_encoder (architectures must match).
+  void load_text_encoder(const std::string& folder, const ClipTextConfig& expected);
+  void load_unet(const std::string& path);
   std::vector<at::Tensor> parameters() const;
 
   TrainConfig config_;

@@ -60,6 +60,15 @@ out=$("$collage" metrics 2>&1)
 check "metrics lists the registry" '[[ "$out" == *"ciede2000"* ]] && [[ "$out" == *"kid"* ]]'
 "$collage" make-dataset shapesworld --n 3 --seed 2 --out "$work/ds" >/dev/null 2>&1
 check "make-dataset writes collages and an index" '[ -s "$work/ds/index.json" ] && [ -s "$work/ds/collage_00002/collage.json" ]'
+# The sandbox CLIP trainer (2 steps of the shipped config, run from another folder) and scoring with its output.
+root="$(cd "$golden/../../.." && pwd)"
+(cd "$work" && "$collage" --threads 1 train-clip --config "$root/assets/shapesworld/clip_config.json" --out "$work/clip" \
+  --steps 2 --eval-images 0 >/dev/null 2>&1)
+check "train-clip writes a CLIPModel folder" \
+  '[ -s "$work/clip/model/model.safetensors" ] && [ -s "$work/clip/model/preprocessor_config.json" ] && [ -s "$work/clip/model/vocab.json" ]'
+"$collage" --threads 1 score --collage "$collage_dir" --image "$work/gen/seed_1.png" --metrics clip_score \
+  --clip "$work/clip/model" --json "$work/clip.json" >/dev/null 2>&1
+check "score computes clip_score with the trained CLIP" 'grep -q "clip_score" "$work/clip.json" && ! grep -q "skip" "$work/clip.json"'
 "$collage" --help >/dev/null && "$collage" parity --help >/dev/null && "$collage" bench unet --help >/dev/null
 check "--help works everywhere" '[ $? -eq 0 ]'
 exit $fail

@@ -9,6 +9,7 @@
 #include "diffusion/pipeline.h"
 #include "models/space_to_depth.h"
 #include "test_util.h"
+#include "training/clip_trainer.h"
 #include "training/trainer.h"
 
 namespace fs = std::filesystem;
@@ -127,6 +128,80 @@ TEST(Trainer, CaptionTokensReceiveGradients) {
   std::cerr << "caption token " << used << " grad norm " << used_norm << ", loss " << loss.item<double>() << "\n";
   EXPECT_GT(used_norm, 1e-6);
   EXPECT_EQ(g[1000].norm().item<double>(), 0.0);
+}
+
+// A text encoder taken from a trained CLIP (train-clip's output) and kept frozen, as Stable Diffusion keeps
+// OpenAI's: the weights arrive unchanged, stay unchanged through training steps, and a mismatching
+// architecture is refused naming the CLIP's config file and key.
+TEST(Trainer, TextEncoderFromAClipFolderStaysFrozen) {
+  at::set_num_threads(1);
+  Json clip = {{"seed", 5},
+               {"image_size", 32},
+               {"batch_size", 4},
+               {"log_every", 1},
+               {"export_every", 0},
+               {"tokenizer_source", test::golden("tokenizer")},
+               {"clip",
+                {{"projection_dim", 8},
+                 {"text_config",
+                  {{"vocab_size", 49408},
+                   {"hidden_size", 16},
+                   {"intermediate_size", 32},
+                   {"num_hidden_layers", 1},
+                   {"num_attention_heads", 2},
+                   {"max_position_embeddings", 16}}},
+                 {"vision_config",
+                  {{"hidden_size", 16},
+                   {"intermediate_size", 32},
+                   {"num_hidden_layers", 1},
+                   {"num_attention_heads", 2},
+                   {"image_size", 32},
+                   {"patch_size", 16}}}}}};
+  training::ClipTrainOptions co;
+  co.out_dir = test::temp_dir("trainer_clip_src");
+  co.steps = 2;
+  co.quiet = true;
+  co.eval_images = 0;
+  const auto clip_dir = training::train_clip(training::ClipTrainConfig::from_json(clip, "clip"), co).model_dir;
+  auto source = load_safetensors((fs::path(clip_dir) / "model.safetensors").string());
+
+  auto config = tiny_config();
+  config.text_encoder_from = clip_dir;
+  config.train_text_encoder = false;
+  training::Trainer trainer(config, test::temp_dir("trainer_frozen_text"));
+  auto check_equal = [&] {
+    for (const auto& p : trainer.text_encoder->named_parameters(true))
+      EXPECT_TRUE(torch::equal(p.value(), source.at(p.key()).to(at::kFloat))) << p.key();
+  };
+  check_equal();
+  const auto unet_before = trainer.unet->named_parameters()["conv_in.weight"].detach().clone();
+  trainer.train_step();
+  trainer.train_step();
+  check_equal();
+  EXPECT_FALSE(torch::equal(unet_before, trainer.unet->named_parameters()["conv_in.weight"]));
+
+  // The text probe: both losses finite; with captions and without differ once the captions reach the UNet.
+  const auto [cond, uncond] = trainer.text_probe(false);
+  EXPECT_TRUE(std::isfinite(cond) && std::isfinite(uncond));
+  EXPECT_NE(cond, uncond);
+
+  // unet_from: a new run starts from this run's UNet (checkpoint file), with its own text encoder.
+  const auto checkpoint = fs::path(trainer.save_checkpoint()) / "params.safetensors";
+  auto fresh = tiny_config();
+  fresh.unet_from = checkpoint.string();
+  training::Trainer next(fresh, test::temp_dir("trainer_unet_from"));
+  for (const auto& p : trainer.unet->named_parameters(true))
+    EXPECT_TRUE(torch::equal(p.value(), next.unet->named_parameters()[p.key()])) << p.key();
+
+  config.text_encoder["hidden_size"] = 32;
+  config.unet["cross_attention_dim"] = 32;
+  try {
+    training::Trainer bad(config, test::temp_dir("trainer_bad_text"));
+    ADD_FAILURE() << "a 16-wide CLIP loaded into a 32-wide text encoder";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.file(), (fs::path(clip_dir) / "config.json").string());
+    EXPECT_EQ(e.field(), "text_config.hidden_size");
+  }
 }
 
 TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
