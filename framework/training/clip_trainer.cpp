@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -94,19 +95,39 @@ shapesworld::SceneSpec shape_twin(shapesworld::SceneSpec scene, uint64_t seed) {
   return scene;
 }
 
+// Another view of the same scene: objects nudged (position, size, rotation), another background texture. Used as
+// the positive of an image-image contrastive term whose negatives include the shape twins; see ClipTrainConfig.
+shapesworld::SceneSpec jittered_view(shapesworld::SceneSpec scene, uint64_t seed) {
+  uint64_t h = mix64(seed ^ 0x7133Eull);
+  auto uniform = [&h](double lo, double hi) {
+    h = mix64(h);
+    return lo + (hi - lo) * double(h >> 11) / double(uint64_t(1) << 53);
+  };
+  scene.texture_seed = mix64(scene.texture_seed + 1);
+  for (auto& o : scene.objects) {
+    o.size = std::clamp(o.size * uniform(0.9, 1.1), 0.05, 0.45);
+    o.cx = std::clamp(o.cx + uniform(-0.04, 0.04), o.size, 1 - o.size);
+    o.cy = std::clamp(o.cy + uniform(-0.04, 0.04), o.size, 1 - o.size);
+    o.rotation_deg += uniform(-30, 30);
+  }
+  return scene;
+}
+
 // Renders scenes in parallel; images (B, 3, S, S) in [0, 1] and their captions. `twins` > 0: the last `twins`
 // scenes are shape twins of the first ones (same seed, same caption choices, one object's shape changed).
 void render_scenes(const std::vector<uint64_t>& seeds, const shapesworld::SampleOptions& so, int64_t size,
                    const shapesworld::CaptionOptions& co, std::vector<at::Tensor>& images,
                    std::vector<std::string>& captions, std::vector<shapesworld::SceneSpec>* scenes = nullptr,
-                   int64_t twins = 0) {
+                   int64_t twins = 0, std::vector<at::Tensor>* views = nullptr, int64_t n_views = 0) {
   const int64_t n = int64_t(seeds.size());
   images.assign(n, {});
   captions.assign(n, {});
   if (scenes) scenes->assign(n, {});
+  if (views) views->assign(n_views, {});
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       auto scene = shapesworld::sample_scene(seeds[i], so);
+      if (views && i < n_views) (*views)[i] = shapesworld::render(jittered_view(scene, seeds[i]), int(size), int(size)).image;
       if (i >= n - twins) scene = shape_twin(scene, seeds[i]);
       images[i] = shapesworld::render(scene, int(size), int(size)).image;
       captions[i] = shapesworld::caption(scene, seeds[i], co);
@@ -179,6 +200,7 @@ ClipTrainConfig ClipTrainConfig::from_json(const Json& j, const std::string& fil
   c.log_every = r.get<int64_t>("log_every", c.log_every);
   c.export_every = r.get<int64_t>("export_every", c.export_every);
   c.shape_twins = r.get<double>("shape_twins", c.shape_twins);
+  c.image_loss_weight = r.get<double>("image_loss_weight", c.image_loss_weight);
   COLLAGE_CHECK_AT(c.shape_twins >= 0 && c.shape_twins <= 1, file, "shape_twins", "must be in [0, 1]");
   c.save_dtype = r.get<std::string>("save_dtype", c.save_dtype);
   dtype_of(c.save_dtype, file);
@@ -223,6 +245,8 @@ Json ClipEvalResult::to_json() const {
   j["image_to_text_top1"] = image_to_text;
   j["text_to_image_top1"] = text_to_image;
   j["shape_twin_accuracy"] = twin_accuracy;
+  j["shape_twin_image_cosine"] = twin_image_cosine;
+  j["shape_twin_text_cosine"] = twin_text_cosine;
   j["seconds"] = seconds;
   return j;
 }
@@ -231,9 +255,10 @@ std::string ClipEvalResult::summary() const {
   return fmt::format(
       "zero-shot on {} single-object renders (32 prompts \"a <colour> <shape>\"): colour {:.1f} %, shape {:.1f} %, "
       "both {:.1f} %; retrieval in groups of {} (1-4 objects, full captions): image->text {:.1f} %, "
-      "text->image {:.1f} % (chance {:.1f} %); own caption over its shape twin's {:.1f} % (chance 50 %)",
+      "text->image {:.1f} % (chance {:.1f} %); own caption over its shape twin's {:.1f} % (chance 50 %; cosine "
+      "of twin images {:.4f}, of twin captions {:.4f})",
       images, 100 * colour_accuracy, 100 * shape_accuracy, 100 * joint_accuracy, group, 100 * image_to_text,
-      100 * text_to_image, 100.0 / double(group), 100 * twin_accuracy);
+      100 * text_to_image, 100.0 / double(group), 100 * twin_accuracy, twin_image_cosine, twin_text_cosine);
 }
 
 ClipEvalResult evaluate_clip(const std::string& model_dir, int64_t images, uint64_t seed, int64_t group) {
@@ -321,6 +346,9 @@ ClipEvalResult evaluate_clip(const std::string& model_dir, int64_t images, uint6
     auto te = text_features(caps);
     auto own = (ie * te.slice(0, 0, n)).sum(1), twin = (ie * te.slice(0, n, 2 * n)).sum(1);
     r.twin_accuracy = own.gt(twin).to(at::kDouble).mean().item<double>();
+    auto twin_ie = clip_l2_normalize(model->get_image_features(processor.preprocess(at::stack(imgs).slice(0, n, 2 * n))));
+    r.twin_image_cosine = (ie * twin_ie).sum(1).mean().item<double>();
+    r.twin_text_cosine = (te.slice(0, 0, n) * te.slice(0, n, 2 * n)).sum(1).mean().item<double>();
   }
   r.image_to_text = double(i2t) / double(std::max<int64_t>(1, counted));
   r.text_to_image = double(t2i) / double(std::max<int64_t>(1, counted));
@@ -401,7 +429,10 @@ ClipTrainResult train_clip(const ClipTrainConfig& config_in, const ClipTrainOpti
     for (int64_t i = 0; i < twins; ++i) seeds.push_back(seeds[size_t(i)]);
     std::vector<at::Tensor> imgs;
     std::vector<std::string> caps;
-    render_scenes(seeds, so, c.image_size, co, imgs, caps, nullptr, twins);
+    std::vector<at::Tensor> view_imgs;
+    const int64_t n_views = c.image_loss_weight > 0 ? twins : 0;
+    render_scenes(seeds, so, c.image_size, co, imgs, caps, nullptr, twins, &view_imgs, n_views);
+    for (auto& v : view_imgs) imgs.push_back(v);
     auto pixels = processor.preprocess(at::stack(imgs));
     auto ids = tokenize(tok, caps, length);
     auto targets = caption_targets(caps);
@@ -415,11 +446,17 @@ ClipTrainResult train_clip(const ClipTrainConfig& config_in, const ClipTrainOpti
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
     optimizer.zero_grad();
-    auto img = clip_l2_normalize(model->get_image_features(pixels));
+    auto all_img = clip_l2_normalize(model->get_image_features(pixels));
+    auto img = all_img.slice(0, 0, c.batch_size);
     auto txt = clip_l2_normalize(model->get_text_features(ids, clip_attention_mask_from_ids(ids)));
     auto logits = model->logit_scale.exp() * img.matmul(txt.t());
     auto loss = -(targets * at::log_softmax(logits, 1)).sum(1).mean() * 0.5 -
                 (targets * at::log_softmax(logits.t(), 1)).sum(1).mean() * 0.5;
+    if (n_views > 0) {  // view i must pick its own scene i among the batch's images, its shape twin included
+      auto v = all_img.slice(0, c.batch_size, c.batch_size + n_views);
+      auto view_logits = model->logit_scale.exp() * v.matmul(img.t());
+      loss = loss - c.image_loss_weight * at::log_softmax(view_logits, 1).diagonal().mean();
+    }
     const double lv = loss.item<double>();
     COLLAGE_CHECK(std::isfinite(lv), "CLIP training: the loss is not finite at step {} (lr {:.3g}, logit scale {:.3f})",
                   step + 1, lr, model->logit_scale.item<double>());

@@ -2,7 +2,7 @@
 # End-to-end checks of the `collage` binary as a user runs it: txt2img / img2img on a tiny diffusers-layout
 # pipeline assembled from the golden components, and the clear errors for bad input.
 set -u
-collage="$1"; golden="$2"
+collage="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; golden="$(cd "$2" && pwd)"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 model="$work/model"; mkdir -p "$model"
 ln -s "$golden/tokenizer" "$model/tokenizer"; ln -s "$golden/text_encoder_sd1" "$model/text_encoder"
