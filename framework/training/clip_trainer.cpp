@@ -12,28 +12,22 @@
 #include <map>
 
 #include "core/error.h"
-#include "core/paths.h"
 #include "core/safetensors.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "metrics/nets/clip_model.h"
 #include "models/clip_tokenizer.h"
+#include "training/common.h"
 
 namespace fs = std::filesystem;
 
 namespace collage::training {
 
+using detail::dtype_of;
+using detail::mix64;
+using detail::wall;
+using detail::write_text;
+
 namespace {
-
-uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-double wall() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Training scenes: seeds below 2^41; evaluation scenes: at and above 2^42 (never trained on).
 uint64_t train_scene_seed(uint64_t seed, int64_t step, int64_t batch, int64_t i) {
@@ -63,13 +57,6 @@ Json processor_json(const ClipImageProcessorConfig& p) {
   j["image_std"] = Json::array({p.image_std[0], p.image_std[1], p.image_std[2]});
   j["do_convert_rgb"] = p.do_convert_rgb;
   return j;
-}
-
-at::ScalarType dtype_of(const std::string& name, const std::string& file) {
-  if (name == "float16" || name == "fp16") return at::kHalf;
-  if (name == "float32" || name == "fp32") return at::kFloat;
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  throw Error(fmt::format("unknown dtype '{}' (float16, float32, bfloat16)", name), file, "save_dtype");
 }
 
 at::Tensor tokenize(const ClipTokenizer& tok, const std::vector<std::string>& texts, int64_t length) {
@@ -147,12 +134,6 @@ at::Tensor caption_targets(const std::vector<std::string>& captions) {
   return t / t.sum(1, true);
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream f(path);
-  COLLAGE_CHECK_AT(f.good(), path.string(), "", "cannot write");
-  f << text;
-}
-
 void export_clip(ClipModel& model, const ClipTrainConfig& c, const fs::path& out) {
   fs::create_directories(out);
   const auto dtype = dtype_of(c.save_dtype, "");
@@ -167,15 +148,7 @@ void export_clip(ClipModel& model, const ClipTrainConfig& c, const fs::path& out
   write_json_file((out / "config.json").string(), cfg);
   save_safetensors((out / "model.safetensors").string(), w, {{"format", "pt"}});
   write_json_file((out / "preprocessor_config.json").string(), processor_json(processor_config(c.image_size)));
-  for (const char* f : {"vocab.json", "merges.txt", "special_tokens_map.json"}) {
-    const auto src = fs::path(c.tokenizer_source) / f;
-    if (fs::exists(src)) fs::copy_file(src, out / f, fs::copy_options::overwrite_existing);
-  }
-  Json tok;
-  const auto tok_src = fs::path(c.tokenizer_source) / "tokenizer_config.json";
-  if (fs::exists(tok_src)) tok = read_json_file(tok_src.string());
-  tok["model_max_length"] = model->config().text.max_position_embeddings;
-  write_json_file((out / "tokenizer_config.json").string(), tok);
+  detail::export_tokenizer(c.tokenizer_source, out, model->config().text.max_position_embeddings);
 }
 
 }  // namespace
@@ -185,34 +158,11 @@ void export_clip(ClipModel& model, const ClipTrainConfig& c, const fs::path& out
 ClipTrainConfig ClipTrainConfig::from_json(const Json& j, const std::string& file) {
   ClipTrainConfig c;
   JsonReader r(j, file);
-  c.seed = r.get<uint64_t>("seed", c.seed);
-  c.image_size = r.get<int64_t>("image_size", c.image_size);
-  c.batch_size = r.get<int64_t>("batch_size", c.batch_size);
-  c.learning_rate = r.get<double>("learning_rate", c.learning_rate);
-  c.warmup_steps = r.get<int64_t>("warmup_steps", c.warmup_steps);
-  c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
-  c.adam_beta1 = r.get<double>("adam_beta1", c.adam_beta1);
-  c.adam_beta2 = r.get<double>("adam_beta2", c.adam_beta2);
-  c.adam_eps = r.get<double>("adam_eps", c.adam_eps);
-  c.grad_clip = r.get<double>("grad_clip", c.grad_clip);
-  c.max_steps = r.get<int64_t>("max_steps", c.max_steps);
-  c.max_minutes = r.get<double>("max_minutes", c.max_minutes);
-  c.log_every = r.get<int64_t>("log_every", c.log_every);
+  detail::read_shared_keys(r, c);
   c.export_every = r.get<int64_t>("export_every", c.export_every);
   c.shape_twins = r.get<double>("shape_twins", c.shape_twins);
   c.image_loss_weight = r.get<double>("image_loss_weight", c.image_loss_weight);
   COLLAGE_CHECK_AT(c.shape_twins >= 0 && c.shape_twins <= 1, file, "shape_twins", "must be in [0, 1]");
-  c.save_dtype = r.get<std::string>("save_dtype", c.save_dtype);
-  dtype_of(c.save_dtype, file);
-  c.min_objects = r.get<int>("min_objects", c.min_objects);
-  c.max_objects = r.get<int>("max_objects", c.max_objects);
-  c.tokenizer_source = r.get<std::string>("tokenizer_source", c.tokenizer_source);
-  if (!fs::exists(c.tokenizer_source)) {  // a checkout-relative path run from elsewhere (e.g. build/)
-    const auto found = find_in_checkout(c.tokenizer_source, "vocab.json");
-    COLLAGE_CHECK_AT(!found.empty(), file, "tokenizer_source", "'{}' not found (a folder with vocab.json, merges.txt)",
-                     c.tokenizer_source);
-    c.tokenizer_source = found;
-  }
   COLLAGE_CHECK_AT(j.contains("clip") && j["clip"].is_object(), file, "clip",
                    "required CLIPModel config object missing (text_config, vision_config, projection_dim)");
   c.clip = j["clip"];

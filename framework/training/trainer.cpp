@@ -14,41 +14,22 @@
 #include <iostream>
 
 #include "core/error.h"
-#include "core/paths.h"
 #include "core/safetensors.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "diffusion/scheduler.h"
 #include "models/load.h"
+#include "training/common.h"
 
 namespace fs = std::filesystem;
 
 namespace collage::training {
 
+using detail::dtype_of;
+using detail::mix64;
+using detail::wall;
+using detail::write_text;
+
 namespace {
-
-uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-double wall() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-at::ScalarType dtype_of(const std::string& name, const std::string& file) {
-  if (name == "float16" || name == "fp16") return at::kHalf;
-  if (name == "float32" || name == "fp32") return at::kFloat;
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  throw Error(fmt::format("unknown dtype '{}' (float16, float32, bfloat16)", name), file, "save_dtype");
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream f(path);
-  COLLAGE_CHECK_AT(f.good(), path.string(), "", "cannot write");
-  f << text;
-}
 
 shapesworld::SampleOptions sample_options(const TrainConfig& c) {
   shapesworld::SampleOptions so;
@@ -69,28 +50,12 @@ uint64_t scene_seed(const TrainConfig& c, int64_t step, int64_t i) {
 TrainConfig TrainConfig::from_json(const Json& j, const std::string& file) {
   TrainConfig c;
   JsonReader r(j, file);
-  c.seed = r.get<uint64_t>("seed", c.seed);
-  c.image_size = r.get<int64_t>("image_size", c.image_size);
-  c.batch_size = r.get<int64_t>("batch_size", c.batch_size);
-  c.learning_rate = r.get<double>("learning_rate", c.learning_rate);
-  c.warmup_steps = r.get<int64_t>("warmup_steps", c.warmup_steps);
-  c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
-  c.adam_beta1 = r.get<double>("adam_beta1", c.adam_beta1);
-  c.adam_beta2 = r.get<double>("adam_beta2", c.adam_beta2);
-  c.adam_eps = r.get<double>("adam_eps", c.adam_eps);
-  c.grad_clip = r.get<double>("grad_clip", c.grad_clip);
+  detail::read_shared_keys(r, c);
   c.ema_decay = r.get<double>("ema_decay", c.ema_decay);
   c.caption_dropout = r.get<double>("caption_dropout", c.caption_dropout);
-  c.max_steps = r.get<int64_t>("max_steps", c.max_steps);
-  c.max_minutes = r.get<double>("max_minutes", c.max_minutes);
   c.checkpoint_every = r.get<int64_t>("checkpoint_every", c.checkpoint_every);
   c.keep_checkpoints = r.get<int64_t>("keep_checkpoints", c.keep_checkpoints);
-  c.log_every = r.get<int64_t>("log_every", c.log_every);
   c.channels_last = r.get<bool>("channels_last", c.channels_last);
-  c.save_dtype = r.get<std::string>("save_dtype", c.save_dtype);
-  dtype_of(c.save_dtype, file);
-  c.min_objects = r.get<int>("min_objects", c.min_objects);
-  c.max_objects = r.get<int>("max_objects", c.max_objects);
   if (j.contains("held_out")) {
     COLLAGE_CHECK_AT(j["held_out"].is_array(), file, "held_out", "expected [[colour, shape], ...]");
     for (const auto& p : j["held_out"]) {
@@ -108,13 +73,6 @@ TrainConfig TrainConfig::from_json(const Json& j, const std::string& file) {
   r.ignore({"unet", "text_encoder", "scheduler"});
   c.vae_factor = r.get<int64_t>("vae_factor", c.vae_factor);
   c.scaling_factor = r.get<double>("scaling_factor", c.scaling_factor);
-  c.tokenizer_source = r.get<std::string>("tokenizer_source", c.tokenizer_source);
-  if (!fs::exists(c.tokenizer_source)) {  // a checkout-relative path run from elsewhere (e.g. build/)
-    const auto found = find_in_checkout(c.tokenizer_source, "vocab.json");
-    COLLAGE_CHECK_AT(!found.empty(), file, "tokenizer_source", "'{}' not found (a folder with vocab.json, merges.txt)",
-                     c.tokenizer_source);
-    c.tokenizer_source = found;
-  }
   c.text_encoder_from = r.get<std::string>("text_encoder_from", c.text_encoder_from);
   c.train_text_encoder = r.get<bool>("train_text_encoder", c.train_text_encoder);
   c.unet_from = r.get<std::string>("unet_from", c.unet_from);
@@ -476,15 +434,7 @@ void Trainer::export_model(const std::string& folder, bool use_ema) const {
   tcfg["torch_dtype"] = config_.save_dtype;
   write_json_file((out / "text_encoder" / "config.json").string(), tcfg);
   save_safetensors((out / "text_encoder" / "model.safetensors").string(), text_w, {{"format", "pt"}});
-  for (const char* f : {"vocab.json", "merges.txt", "special_tokens_map.json"}) {
-    const auto src = fs::path(config_.tokenizer_source) / f;
-    if (fs::exists(src)) fs::copy_file(src, out / "tokenizer" / f, fs::copy_options::overwrite_existing);
-  }
-  Json tok;
-  const auto tok_src = fs::path(config_.tokenizer_source) / "tokenizer_config.json";
-  if (fs::exists(tok_src)) tok = read_json_file(tok_src.string());
-  tok["model_max_length"] = max_length_;
-  write_json_file((out / "tokenizer" / "tokenizer_config.json").string(), tok);
+  detail::export_tokenizer(config_.tokenizer_source, out / "tokenizer", max_length_);
   SpaceToDepthConfig vae;
   vae.factor = config_.vae_factor;
   vae.in_channels = 3;

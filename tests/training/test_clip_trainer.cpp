@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "metrics/nets/clip_model.h"
 #include "test_util.h"
+#include "tiny_clip.h"
 #include "training/clip_trainer.h"
 
 namespace fs = std::filesystem;
@@ -27,22 +28,7 @@ Json tiny_json() {
               {"export_every", 0},
               {"max_objects", 1},
               {"tokenizer_source", test::golden("tokenizer")},
-              {"clip",
-               {{"projection_dim", 16},
-                {"text_config",
-                 {{"vocab_size", 49408},
-                  {"hidden_size", 16},
-                  {"intermediate_size", 32},
-                  {"num_hidden_layers", 1},
-                  {"num_attention_heads", 2},
-                  {"max_position_embeddings", 16}}},
-                {"vision_config",
-                 {{"hidden_size", 16},
-                  {"intermediate_size", 32},
-                  {"num_hidden_layers", 1},
-                  {"num_attention_heads", 2},
-                  {"image_size", 32},
-                  {"patch_size", 8}}}}}};
+              {"clip", test::tiny_clip_model_json(32, 8, 16)}};
 }
 
 std::vector<double> losses(const fs::path& csv) {

@@ -9,6 +9,7 @@
 #include "diffusion/pipeline.h"
 #include "models/space_to_depth.h"
 #include "test_util.h"
+#include "tiny_clip.h"
 #include "training/clip_trainer.h"
 #include "training/trainer.h"
 
@@ -141,22 +142,7 @@ TEST(Trainer, TextEncoderFromAClipFolderStaysFrozen) {
                {"log_every", 1},
                {"export_every", 0},
                {"tokenizer_source", test::golden("tokenizer")},
-               {"clip",
-                {{"projection_dim", 8},
-                 {"text_config",
-                  {{"vocab_size", 49408},
-                   {"hidden_size", 16},
-                   {"intermediate_size", 32},
-                   {"num_hidden_layers", 1},
-                   {"num_attention_heads", 2},
-                   {"max_position_embeddings", 16}}},
-                 {"vision_config",
-                  {{"hidden_size", 16},
-                   {"intermediate_size", 32},
-                   {"num_hidden_layers", 1},
-                   {"num_attention_heads", 2},
-                   {"image_size", 32},
-                   {"patch_size", 16}}}}}};
+               {"clip", test::tiny_clip_model_json(32, 16, 8)}};
   training::ClipTrainOptions co;
   co.out_dir = test::temp_dir("trainer_clip_src");
   co.steps = 2;
