@@ -110,6 +110,9 @@ class AppearanceSegmenter : public Segmenter {
     if (n_back > 0 && o_.grabcut_iterations > 0) {
       cv::Mat rgb = to_rgb8(image)(roi).clone(), bgd_model, fgd_model;
       try {
+        // GrabCut seeds its colour models with k-means on OpenCV's global RNG: without a fixed state the mask
+        // (and mask_iou) of an image would depend on how many segmentations ran before it in the process.
+        cv::theRNG() = cv::RNG(0x5EC0FFEEu);
         cv::grabCut(rgb, labels, cv::Rect(), bgd_model, fgd_model, o_.grabcut_iterations, cv::GC_INIT_WITH_MASK);
       } catch (const cv::Exception& e) {
         throw Error(fmt::format("appearance segmenter: GrabCut failed on layer {}: {}", layer_index, e.what()));

@@ -1,6 +1,7 @@
 // Tests of metrics/: registries, score_image and its JSON, mask IoU and segmenters, CIEDE2000 (all 34
 // pairs of Sharma, Wu, Dalal 2005), SSIM, the model-backed metrics (with fake models) and KID / FID.
 #include <ATen/ATen.h>
+#include <opencv2/core.hpp>
 
 #include <cmath>
 #include <fstream>
@@ -424,6 +425,32 @@ TEST(Segmenters, AppearanceSurvivesHarmonisationLikeChanges) {
   const double found = mask_iou(mask, truth), placed_iou = mask_iou(scene.visible[1], truth);
   EXPECT_GT(found, 0.85);
   EXPECT_GT(found, placed_iou + 0.1);  // it found the object, not the placement
+}
+
+// A score must not depend on what ran before it in the process (GrabCut draws from OpenCV's global RNG):
+// the same noisy image segmented after different RNG histories gives the same mask.
+TEST(Segmenters, AppearanceIsTheSameWhateverRanBefore) {
+  SegmenterRegistry r;
+  register_builtin_segmenters(r);
+  auto seg = r.create("appearance");
+  auto d = disc_scene(false);
+  // Small and noisy (as a tiny model's outputs are): GrabCut's colour models then depend on their k-means start.
+  auto small = [](const at::Tensor& t) { return at::avg_pool2d(t.unsqueeze(0), 4).squeeze(0); };
+  auto layer = small(d.in.layers[1]);
+  auto visible = small(d.in.visible_masks[1].unsqueeze(0)).squeeze(0);
+  for (int g : {1, 4}) {
+    auto gen = at::detail::createCPUGenerator(g);
+    auto image = (small(d.in.image) + (at::rand({3, 24, 24}, gen) - 0.5) * 0.4).clamp(0, 1);
+    at::Tensor first;
+    for (uint64_t history : {1u, 99u, 12345u, 7u}) {
+      cv::theRNG() = cv::RNG(history);
+      auto mask = seg->segment_layer(image, layer, visible, 1);
+      if (!first.defined())
+        first = mask;
+      else
+        EXPECT_TRUE(at::equal(mask, first)) << "image " << g << ", RNG state " << history;
+    }
+  }
 }
 
 TEST(Segmenters, AppearanceFindsNothingWhenTheObjectIsGone) {
