@@ -127,7 +127,10 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, at::Device device)
                              ucfg.block_out_channels.front(), lc);
 
   auto scfg = SchedulerConfig::from_json(config_.scheduler, "training config: scheduler");
-  COLLAGE_CHECK(scfg.prediction_type == "epsilon", "only epsilon prediction is trained");
+  COLLAGE_CHECK(scfg.prediction_type == "epsilon" || scfg.prediction_type == "v_prediction",
+                "training config: scheduler.prediction_type '{}' cannot be trained (epsilon or v_prediction)",
+                scfg.prediction_type);
+  v_prediction_ = scfg.prediction_type == "v_prediction";
   auto sched = make_scheduler(scfg.class_name.empty() ? "ddpm" : scfg.class_name, scfg);
   alphas_cumprod_ = sched->alphas_cumprod().to(at::kFloat).to(device_).clone();
 
@@ -258,16 +261,39 @@ Batch Trainer::make_batch(int64_t step, bool caption_dropout) const {
   return b;
 }
 
-at::Tensor Trainer::loss_tensor(const Batch& b, std::map<std::string, at::Tensor>* debug) {
+Trainer::Prediction Trainer::predict(const Batch& b, std::map<std::string, at::Tensor>* debug) {
   const bool nb = device_.is_cuda();  // pinned-free async copies are fine: the batch outlives the step
   auto timesteps = b.timesteps.to(device_, nb), latents = b.latents.to(device_, nb), noise = b.noise.to(device_, nb);
   auto ac = alphas_cumprod_.index_select(0, timesteps).view({-1, 1, 1, 1});
   auto noisy = ac.sqrt() * latents + (1 - ac).sqrt() * noise;
   auto emb = text_encoder->forward(b.input_ids.to(device_, nb)).last_hidden_state;
   if (debug) (*debug)["text_encoder"] = emb;
-  auto pred = unet->forward(noisy, timesteps, emb, nullptr, debug);
-  if (debug) (*debug)["conv_out"] = pred;
-  return at::mse_loss(pred.to(at::kFloat), noise);
+  auto out = unet->forward(noisy, timesteps, emb, nullptr, debug);
+  if (debug) (*debug)["conv_out"] = out;
+  return {out.to(at::kFloat), noisy, ac};
+}
+
+at::Tensor diffusion_target(bool v_prediction, const at::Tensor& latents, const at::Tensor& noise,
+                            const at::Tensor& alphabar) {
+  // In x0 terms the v loss weighs a step by 1 + SNR where epsilon's weighs it by SNR, so the high-noise steps
+  // (where only the caption says what to draw) are not drowned out.
+  return v_prediction ? alphabar.sqrt() * noise - (1 - alphabar).sqrt() * latents : noise;
+}
+
+at::Tensor Trainer::loss_tensor(const Batch& b, std::map<std::string, at::Tensor>* debug) {
+  auto p = predict(b, debug);
+  return at::mse_loss(p.output, diffusion_target(v_prediction_, b.latents.to(device_), b.noise.to(device_), p.alphabar));
+}
+
+double Trainer::x0_error(const Batch& b, bool use_ema) {
+  torch::NoGradGuard no_grad;
+  if (use_ema) swap_ema();
+  auto p = predict(b);
+  if (use_ema) swap_ema();
+  const auto& ac = p.alphabar;
+  auto x0 = v_prediction_ ? ac.sqrt() * p.noisy - (1 - ac).sqrt() * p.output
+                          : (p.noisy - (1 - ac).sqrt() * p.output) / ac.sqrt();
+  return at::mse_loss(x0, b.latents.to(device_)).item<double>();
 }
 
 std::string Trainer::first_non_finite_output(const Batch& b) {
@@ -303,12 +329,12 @@ std::pair<double, double> Trainer::text_probe(bool use_ema) {
   const int64_t probe_step = int64_t(1) << 32;  // scene seeds far past any training step
   Batch cond = make_batch(probe_step, false);
   const int64_t B = cond.timesteps.size(0);
-  cond.timesteps = at::linspace(100, 900, B).round().to(at::kLong);
+  cond.timesteps = at::linspace(500, double(alphas_cumprod_.size(0) - 1), B).round().to(at::kLong);
   Batch uncond = cond;
   const auto empty = tokenizer_->encode_padded("", max_length_);
   uncond.input_ids = cond.input_ids.clone();
   for (int64_t i = 0; i < B; ++i) std::copy(empty.begin(), empty.end(), uncond.input_ids[i].data_ptr<int64_t>());
-  return {loss_on(cond, use_ema), loss_on(uncond, use_ema)};
+  return {x0_error(cond, use_ema), x0_error(uncond, use_ema)};
 }
 
 StepStats Trainer::train_step(const Batch* fixed) {
@@ -551,8 +577,8 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
     }
     if (config.checkpoint_every > 0 && trainer.step() % config.checkpoint_every == 0) {
       const auto [cond, uncond] = trainer.text_probe(true);
-      log(fmt::format("step {:6d}  text probe (EMA): loss with captions {:.4f}, without {:.4f}: the text explains "
-                      "{:.1f} % of the loss", trainer.step(), cond, uncond, 100.0 * (uncond - cond) / uncond));
+      log(fmt::format("step {:6d}  text probe (EMA, x0 error at t = 500..999): {:.4f} with captions, {:.4f} without: "
+                      "the text removes {:.1f} % of it", trainer.step(), cond, uncond, 100.0 * (uncond - cond) / uncond));
       trainer.save_checkpoint();
       last_checkpoint = trainer.step();
     }
@@ -584,7 +610,10 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
   info["train_seconds"] = trainer.train_seconds;
   info["final_loss"] = result.final_loss;
   const auto [probe_cond, probe_uncond] = trainer.text_probe(true);
-  info["text_probe"] = Json{{"loss_with_captions", probe_cond}, {"loss_without_captions", probe_uncond}};
+  info["text_probe"] = Json{{"measure", "x0 mean squared error, EMA weights, fixed unseen scenes, t = 500..999"},
+                            {"with_captions", probe_cond},
+                            {"without_captions", probe_uncond}};
+  info["prediction_type"] = trainer.v_prediction() ? "v_prediction" : "epsilon";
   info["batch_size"] = config.batch_size;
   info["images_seen"] = result.steps * config.batch_size;
   info["unet_parameters"] = trainer.unet_parameters();
@@ -602,8 +631,8 @@ TrainResult train(const TrainConfig& config_in, const TrainOptions& options) {
                          "- command: `{}`\n- seed: {}\n- steps: {} (batch {}, {} images)\n"
                          "- wall time: {:.1f} min (all runs of this output folder)\n"
                          "- final loss (mean of the last {} steps): {:.4f}\n"
-                         "- text probe (EMA, fixed unseen scenes, t = 100..900): loss {:.4f} with captions, {:.4f} "
-                         "without\n"
+                         "- text probe (x0 mean squared error of the EMA weights on fixed unseen scenes, t = 500..999): "
+                         "{:.4f} with captions, {:.4f} without\n"
                          "- parameters: UNet {}, text encoder {}\n- latent scaling_factor: {:.5f}\n"
                          "- held-out (colour, shape) combinations, never rendered in training: {}\n\n"
                          "The exact configuration is in TRAINING.json.\n",

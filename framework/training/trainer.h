@@ -80,6 +80,11 @@ struct StepStats {
   double loss = 0, grad_norm = 0, lr = 0;
 };
 
+// What the UNet learns to predict from x_t = sqrt(ab) x0 + sqrt(1-ab) eps: eps itself, or (v_prediction)
+// v = sqrt(ab) eps - sqrt(1-ab) x0, the diffusers conventions the samplers invert.
+at::Tensor diffusion_target(bool v_prediction, const at::Tensor& latents, const at::Tensor& noise,
+                            const at::Tensor& alphabar);
+
 class Trainer {
  public:
   // out_dir holds checkpoints/, loss.csv and (after export) model/.
@@ -89,9 +94,11 @@ class Trainer {
 
   // The batch of a step; `caption_dropout` false keeps every caption (for probes).
   Batch make_batch(int64_t step, bool caption_dropout = true) const;
-  // Is the model using the text? The loss on a fixed probe batch (scenes never trained on, timesteps spread
-  // over 100..900) with the true captions and with every caption empty; {conditional, unconditional}.
-  // A model that ignores the text has both equal (run 2 of the embedded model: see its TRAINING.md).
+  // Is the model using the text? On a fixed probe batch (scenes never trained on, timesteps spread over
+  // 500..999, where the caption is what decides colours and shapes), the mean squared error of the model's
+  // clean-image estimate x0 with the true captions and with every caption empty; {conditional, unconditional}.
+  // Measured in x0 space so that epsilon and v-prediction models compare. A model that ignores the text has
+  // both equal (run 2 of the embedded model: see its TRAINING.md).
   std::pair<double, double> text_probe(bool use_ema = true);
   // The loss on a batch (no parameter update); `use_ema` evaluates the EMA weights.
   double loss_on(const Batch& batch, bool use_ema = false);
@@ -102,6 +109,7 @@ class Trainer {
   double train_seconds = 0;  // wall time of all runs so far (saved in checkpoints)
   const TrainConfig& config() const { return config_; }
   double scaling_factor() const { return scaling_factor_; }
+  bool v_prediction() const { return v_prediction_; }
   int64_t unet_parameters() const;
   int64_t text_encoder_parameters() const;
 
@@ -123,6 +131,12 @@ class Trainer {
  private:
   // The training loss; `debug` (optional) receives the text encoder's output and the UNet's stage outputs.
   at::Tensor loss_tensor(const Batch& batch, std::map<std::string, at::Tensor>* debug = nullptr);
+  // The UNet's output on the noised latents of `batch`, with the noised latents and alphabar_t (broadcastable).
+  struct Prediction {
+    at::Tensor output, noisy, alphabar;
+  };
+  Prediction predict(const Batch& batch, std::map<std::string, at::Tensor>* debug = nullptr);
+  double x0_error(const Batch& batch, bool use_ema);
   void swap_ema();
   // Copies the text tower of a CLIPModel / CLIPTextModel folder into text_encoder (architectures must match).
   void load_text_encoder(const std::string& folder, const ClipTextConfig& expected);
@@ -134,6 +148,7 @@ class Trainer {
   std::shared_ptr<ClipTokenizer> tokenizer_;
   int64_t max_length_ = 32;
   double scaling_factor_ = 1;
+  bool v_prediction_ = false;  // the scheduler's prediction_type: "v_prediction" (else "epsilon")
   at::Tensor alphas_cumprod_;
   std::vector<std::string> param_names_;
   std::vector<at::Tensor> ema_;

@@ -7,6 +7,7 @@
 
 #include "core/safetensors.h"
 #include "diffusion/pipeline.h"
+#include "diffusion/scheduler.h"
 #include "models/space_to_depth.h"
 #include "test_util.h"
 #include "tiny_clip.h"
@@ -104,6 +105,54 @@ TEST(Trainer, LossDecreasesOnAFixedBatch) {
   const double after = trainer.loss_on(batch);
   EXPECT_LT(after, 0.8 * before) << "before " << before << " after " << after;
   EXPECT_EQ(trainer.step(), 30);
+}
+
+// The target the trainer regresses must be what the sampler inverts: with the exact target as the model output,
+// the Euler-ancestral step's x0 estimate is the clean latent, for epsilon and for v-prediction.
+TEST(Trainer, TrainingTargetIsWhatTheSamplerInverts) {
+  for (const std::string type : {"epsilon", "v_prediction"}) {
+    auto cfg = tiny_config().scheduler;
+    cfg["prediction_type"] = type;
+    auto sched = make_scheduler("euler_ancestral", SchedulerConfig::from_json(cfg, "tiny"));
+    sched->set_timesteps(10);
+    auto x0 = at::randn({2, 48, 8, 8}), eps = at::randn({2, 48, 8, 8});
+    for (int64_t k : {0, 4}) {  // t = 999 (index 0) and one inside the schedule
+      sched->set_timesteps(10);
+      const double t = sched->timestep_values()[k];
+      const double sigma = sched->sigmas()[k].item<double>();
+      const auto alphabar = at::scalar_tensor(1.0 / (1.0 + sigma * sigma));  // the sigma's own alphabar
+      auto target = training::diffusion_target(type == "v_prediction", x0, eps, alphabar);
+      for (int64_t i = 0; i < k; ++i)  // advance the step index to k
+        sched->step(at::zeros_like(x0), sched->timestep_values()[i], x0, at::zeros_like(x0));
+      auto out = sched->step(target, t, x0 + sigma * eps, at::zeros_like(x0));
+      EXPECT_TRUE(at::allclose(out.pred_original_sample, x0, 1e-4, 1e-4)) << type << " t " << t;
+    }
+  }
+}
+
+// v-prediction trains (the loss falls) and its export says so, so that the samplers read it as v.
+TEST(Trainer, VPredictionTrainsAndExportsItsPredictionType) {
+  at::set_num_threads(1);
+  auto config = tiny_config();
+  config.scheduler["prediction_type"] = "v_prediction";
+  const auto dir = test::temp_dir("trainer_v");
+  training::Trainer trainer(config, dir);
+  EXPECT_TRUE(trainer.v_prediction());
+  auto batch = trainer.make_batch(0);
+  const double before = trainer.loss_on(batch);
+  for (int i = 0; i < 30; ++i) trainer.train_step(&batch);
+  EXPECT_LT(trainer.loss_on(batch), 0.8 * before);
+  trainer.export_model((fs::path(dir) / "model").string());
+  auto sched = read_json_file((fs::path(dir) / "model" / "scheduler" / "scheduler_config.json").string());
+  EXPECT_EQ(sched["prediction_type"].get<std::string>(), "v_prediction");
+
+  config.scheduler["prediction_type"] = "sample";
+  try {
+    training::Trainer bad(config, test::temp_dir("trainer_sample"));
+    FAIL() << "prediction_type sample accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("scheduler.prediction_type"), std::string::npos) << e.what();
+  }
 }
 
 // The text conditioning is learned only if the loss reaches the text encoder: the caption tokens' embedding
