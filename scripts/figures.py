@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""Figures from a sweep store (framework/runner/README.md): the ablation table, a trade-off curve and a
-qualitative grid, as PNGs (Debian python3-h5py + python3-matplotlib; no pandas needed).
+"""Figures from a sweep store (framework/runner/README.md): the ablation table, a trade-off curve, a
+qualitative grid and, for stores with editing rounds, the editing sequences, as PNGs (Debian python3-h5py +
+python3-matplotlib; no pandas needed).
 
     python3 scripts/figures.py results/ablation.h5 --out results/figures/ablation
     python3 scripts/figures.py results/tradeoff.h5 --out results/figures/tradeoff --x-param strength \
@@ -34,7 +35,8 @@ def runs(f):
     out = OrderedDict()
     for rid in f["runs"]:
         g = f["runs"][rid]
-        out[rid] = {"method": g.attrs["method"], "label": g.attrs["label"], "params": json.loads(g.attrs["params"])}
+        out[rid] = {"method": g.attrs["method"], "label": g.attrs["label"], "params": json.loads(g.attrs["params"]),
+                    "editing_round": int(g.attrs.get("editing_round", 0))}
     return out
 
 
@@ -100,7 +102,7 @@ def grid_figure(f, path, max_collages, seed):
     items = f["items"]
     names = [n for n in items if "complete" in items[n].attrs]
     collages = sorted({items[n].attrs["collage"] for n in names})[:max_collages]
-    ids = sorted(rs, key=lambda i: rs[i]["label"])
+    ids = sorted((i for i in rs if not rs[i]["editing_round"]), key=lambda i: rs[i]["label"])
     seeds = sorted({int(items[n].attrs["seed"]) for n in names})
     if seed is None and seeds:
         seed = seeds[0]
@@ -117,6 +119,47 @@ def grid_figure(f, path, max_collages, seed):
                 ax.set_title(rs[rid]["label"], fontsize=6)
             if k == 0:
                 ax.set_ylabel(c, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def editing_figure(f, path, max_collages):
+    """One row per collage: the start run's pick, then each editing round's pick (the image the next round
+    edits), titled with the regenerated layer, the seed and the pick metric's value."""
+    rs = runs(f)
+    rounds = sorted((rs[i]["editing_round"], i) for i in rs if rs[i]["editing_round"])
+    items = f["items"]
+    done = [n for n in items if "complete" in items[n].attrs]
+    collages = sorted({items[n].attrs["collage"] for n in done if "round" in items[n].attrs})[:max_collages]
+    pick_metric = json.loads(f.attrs["config"]).get("editing", {}).get("pick", "")
+    fig, axes = plt.subplots(len(collages), len(rounds) + 1, figsize=(1.9 * (len(rounds) + 1), 2.0 * len(collages)),
+                             squeeze=False)
+    for r, c in enumerate(collages):
+        chain = []  # (item, title)
+        for k, (rnd, rid) in enumerate(rounds):
+            mine = [n for n in done if n.startswith(f"{c}__{rid}__seed")]
+            if not mine:
+                break
+            if k == 0:
+                chain.append((items[mine[0]].attrs["edit_from_item"], "start"))
+            picked = [n for n in mine if int(items[n].attrs["picked"])]
+            if picked:
+                layer = int(items[picked[0]].attrs["regenerated_layer"])
+                chain.append((picked[0], f"round {rnd}: layer {layer}"))
+        for k in range(len(rounds) + 1):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k < len(chain) and chain[k][0] in items:
+                g = items[chain[k][0]]
+                ax.imshow(g["image"][:], interpolation="nearest")
+                value = g["scores"][pick_metric][()] if pick_metric in g["scores"] else float("nan")
+                ax.set_title(f"{chain[k][1]}\nseed {int(g.attrs['seed'])}, {pick_metric} {value:.2f}", fontsize=6)
+            if k == 0:
+                ax.set_ylabel(c, fontsize=6)
+    fig.suptitle(f"editing sequences: each round regenerates one layer of the previous pick (best {pick_metric})",
+                 fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -149,6 +192,9 @@ def main():
             written.append(prefix + "_tradeoff.png")
         grid_figure(f, prefix + "_grid.png", a.max_collages, a.seed)
         written.append(prefix + "_grid.png")
+        if any(r["editing_round"] for r in runs(f).values()):
+            editing_figure(f, prefix + "_editing.png", a.max_collages)
+            written.append(prefix + "_editing.png")
     for w in written:
         print(w)
 

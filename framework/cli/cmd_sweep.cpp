@@ -20,7 +20,7 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
       ->required();
   sweep->add_option("--out", a->out, "the HDF5 store, e.g. results/quick.h5 (an existing one is resumed)")->required();
   sweep->add_option("--shard", a->shard, "i/N: run only the units whose index mod N == i")->capture_default_str();
-  sweep->add_option("--limit", a->limit, "run at most K units (collage x run) now; rerun to continue");
+  sweep->add_option("--limit", a->limit, "run at most K units (collage x run, or an editing round) now; rerun to continue");
   sweep->add_option("--model", a->model, "diffusers pipeline folder overriding the config's model");
   sweep->add_option("--cache-dir", a->cache_dir, "textual-inversion cache (default: OUT without .h5 + .cache)");
   sweep->add_flag("--dry-run", a->dry_run, "validate the config and list the runs, no model work");
@@ -29,10 +29,14 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
     const auto [index, count] = runner::parse_shard(a->shard);
     if (a->dry_run) {
       const auto collages = runner::load_dataset(config);
-      std::cout << fmt::format("{}: {} collages x {} runs x {} seeds = {} images\n", a->config, collages.size(),
-                               config.runs.size(), config.seeds.size(),
-                               collages.size() * config.runs.size() * config.seeds.size());
+      const size_t runs = config.runs.size() + config.editing.rounds.size();
+      std::cout << fmt::format("{}: {} collages x {} runs{} x {} seeds = {} images\n", a->config, collages.size(), runs,
+                               config.editing.enabled
+                                   ? fmt::format(" ({} of them editing rounds)", config.editing.rounds.size())
+                                   : "",
+                               config.seeds.size(), collages.size() * runs * config.seeds.size());
       for (const auto& r : config.runs) std::cout << fmt::format("  {}  {}\n", r.id, r.label);
+      for (const auto& r : config.editing.rounds) std::cout << fmt::format("  {}  {}\n", r.id, r.label);
       return;
     }
     apply_runtime(global);

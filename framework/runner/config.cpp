@@ -1,4 +1,5 @@
 // Experiment configs: parsing, validation (before any work), grid expansion and stable run ids.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -58,6 +59,84 @@ std::string value_text(const Json& v) {
 
 }  // namespace
 
+namespace {
+
+// "editing": {"start_run": 0, "pick": "mask_iou", "rounds": 3, "layers": [1, 2], "method": "edit",
+//             "params": {"edit_keep_strength": 0.05}}
+void parse_editing(const Json& e, const std::string& path, ExperimentConfig& c) {
+  COLLAGE_CHECK_AT(e.is_object(), path, "editing", "must be an object {{start_run, pick, rounds, layers, method, params}}");
+  JsonReader r(e, path, "editing.");
+  EditingSpec& ed = c.editing;
+  ed.enabled = true;
+  COLLAGE_CHECK_AT(e.contains("start_run") && e["start_run"].is_number_integer(), path, "editing.start_run",
+                   "required: the index in 'runs' of the run whose outputs start each chain");
+  const int64_t start = e["start_run"].get<int64_t>();
+  COLLAGE_CHECK_AT(start >= 0 && start < int64_t(c.json["runs"].size()), path, "editing.start_run",
+                   "{} is not an index into runs (0..{})", start, c.json["runs"].size() - 1);
+  r.ignore({"start_run", "layers", "params"});
+  ed.pick = r.get<std::string>("pick", "");
+  COLLAGE_CHECK_AT(!ed.pick.empty(), path, "editing.pick", "required: the metric that picks the image to edit next");
+  COLLAGE_CHECK_AT(std::find(c.metrics.begin(), c.metrics.end(), ed.pick) != c.metrics.end(), path, "editing.pick",
+                   "'{}' is not one of the config's metrics ({})", ed.pick, fmt::join(c.metrics, ", "));
+  ed.pick_higher = metrics::builtin_metrics().info(ed.pick).direction == metrics::Direction::higher_is_better;
+  const int64_t rounds = r.get<int64_t>("rounds", 3);
+  COLLAGE_CHECK_AT(rounds >= 1 && rounds <= 100, path, "editing.rounds", "must be in 1..100, got {}", rounds);
+  if (e.contains("layers")) {
+    const Json& l = e["layers"];
+    COLLAGE_CHECK_AT(l.is_array() && !l.empty(), path, "editing.layers", "must be a non-empty list of layer indices");
+    for (size_t i = 0; i < l.size(); ++i) {
+      COLLAGE_CHECK_AT(l[i].is_number_integer() && l[i].get<int64_t>() >= 0, path, fmt::format("editing.layers[{}]", i),
+                       "a layer index is a non-negative integer, got {}", l[i].dump());
+      ed.layers.push_back(l[i].get<int64_t>());
+    }
+  }
+  const std::string method = r.get<std::string>("method", "edit");
+  Json params = e.value("params", Json::object());
+  COLLAGE_CHECK_AT(params.is_object(), path, "editing.params", "must be an object of parameter values");
+  for (const char* k : {"edit_from", "edit_regenerate"})
+    COLLAGE_CHECK_AT(!params.contains(k), path, std::string("editing.params.") + k,
+                     "set by the protocol (the previous round's pick and the layer of the round)");
+  for (const auto& k : r.unused_keys())
+    throw Error("unknown key (valid: start_run, pick, rounds, layers, method, params)", path, "editing." + k);
+  {
+    std::string lower = "+" + method + "+";
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    COLLAGE_CHECK_AT(lower.find("+edit+") != std::string::npos, path, "editing.method",
+                     "'{}' does not regenerate layers: use edit (+ca, ...)", method);
+  }
+  const RunSpec& start_run = c.runs[ed.start_run];
+  for (int64_t round = 1; round <= rounds; ++round) {
+    Json all = params;
+    all["edit_from"] = "(the pick of the previous round)";
+    all["edit_regenerate"] = "(the layer of the round)";
+    MethodSpec spec;
+    try {
+      spec = MethodSpec::parse(method, all, path);
+    } catch (const Error& err) {
+      std::string field = err.field();
+      throw Error(err.message(), path, field.rfind("params.", 0) == 0 ? "editing." + field : "editing.method");
+    }
+    COLLAGE_CHECK_AT(spec.base == "edit", path, "editing.method", "'{}' does not regenerate layers: use edit (+ca, ...)",
+                     spec.text);
+    RunSpec rs;
+    rs.method = spec.text;
+    rs.params = spec.params;
+    rs.overrides = params;
+    rs.where = "editing";
+    // The id covers what the round depends on: the start run, the pick rule, the layers, the round number.
+    MethodSpec keyed = spec;
+    keyed.text = fmt::format("{}|editing:{}|pick:{}|layers:{}|round:{}", spec.text, start_run.id, ed.pick,
+                             Json(ed.layers).dump(), round);
+    rs.id = run_id(keyed);
+    std::string edit_text = spec.text;
+    for (auto it = params.begin(); it != params.end(); ++it) edit_text += " " + it.key() + "=" + value_text(it.value());
+    rs.label = fmt::format("edit round {} ({} from {}, best {})", round, edit_text, start_run.label, ed.pick);
+    c.editing.rounds.push_back(std::move(rs));
+  }
+}
+
+}  // namespace
+
 std::string run_id(const MethodSpec& spec) {
   const std::string canon = spec.text + "|" + spec.params.dump();
   return fmt::format("{:010x}", fnv1a(canon) & 0xffffffffffull);
@@ -99,7 +178,7 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
   c.json = j;
   static const std::set<std::string> known = {"dataset", "model",   "seeds",     "steps",   "guidance",
                                               "scheduler", "negative_prompt", "metrics", "segmenter", "clip", "clip_tokenizer",
-                                              "lpips",   "save",    "runs",      "max_collages", "description"};
+                                              "lpips",   "save",    "runs",      "max_collages", "description", "editing"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!known.count(it.key()) && it.key().rfind("_", 0) != 0)
       throw Error(fmt::format("unknown key (valid keys: {})", fmt::join(known, ", ")), path, it.key());
@@ -187,6 +266,10 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
   const Json& runs = j["runs"];
   COLLAGE_CHECK_AT(runs.is_array() && !runs.empty(), path, "runs", "must be a non-empty list of runs");
   std::set<std::string> ids;
+  const int64_t editing_start = j.contains("editing") && j["editing"].is_object() && j["editing"].contains("start_run") &&
+                                        j["editing"]["start_run"].is_number_integer()
+                                    ? j["editing"]["start_run"].get<int64_t>()
+                                    : -1;
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string where = fmt::format("runs[{}]", i);
     const Json& run = runs[i];
@@ -222,6 +305,9 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
         }
       points = std::move(next);
     }
+    COLLAGE_CHECK_AT(editing_start != int64_t(i) || points.size() == 1,
+                     path, "editing.start_run", "runs[{}] has a grid ({} runs): the editing chains start from one run",
+                     i, points.size());
     for (const auto& point : points) {
       Json all = params;
       for (auto it = point.begin(); it != point.end(); ++it) all[it.key()] = it.value();
@@ -239,11 +325,19 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
       rs.where = where;
       rs.label = spec.text;
       for (auto it = all.begin(); it != all.end(); ++it) rs.label += " " + it.key() + "=" + value_text(it.value());
-      if (ids.count(rs.id)) continue;  // the same run twice (e.g. a default repeated in a grid)
+      if (ids.count(rs.id)) {  // the same run twice (e.g. a default repeated in a grid): run once
+        if (editing_start == int64_t(i))
+          for (size_t k = 0; k < c.runs.size(); ++k)
+            if (c.runs[k].id == rs.id) c.editing.start_run = k;
+        continue;
+      }
       ids.insert(rs.id);
+      if (editing_start == int64_t(i))
+        c.editing.start_run = c.runs.size();
       c.runs.push_back(std::move(rs));
     }
   }
+  if (j.contains("editing")) parse_editing(j["editing"], path, c);
   return c;
 }
 

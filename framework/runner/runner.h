@@ -42,6 +42,19 @@ struct DatasetSpec {
   int64_t size = 64;
 };
 
+// The iterative editing protocol (config key "editing"): per collage, start from the outputs of one run (all
+// seeds), pick the best seed by a metric, regenerate one layer from that image with every seed, pick again,
+// and so on for `rounds` rounds, cycling through `layers`. Round r is a run of its own (its id and label).
+struct EditingSpec {
+  bool enabled = false;
+  size_t start_run = 0;            // index into ExperimentConfig::runs: the outputs that start each chain
+  std::string pick;                // per-image metric that chooses the image edited next (must be in metrics)
+  bool pick_higher = true;         // the metric's direction
+  std::vector<int64_t> layers;     // layer indices regenerated in turn; empty = every layer but the first
+  std::vector<RunSpec> rounds;     // rounds[r - 1]: the run of round r (params: edit_from/edit_regenerate are
+                                   // placeholders, set per collage when it runs)
+};
+
 struct ExperimentConfig {
   std::string path;               // the config file ("" when parsed from text)
   Json json;                      // the config as parsed
@@ -58,6 +71,7 @@ struct ExperimentConfig {
   bool save_latents = false, save_attention = false;
   int64_t limit_collages = -1;    // "max_collages": use only the first K collages of the dataset
   std::vector<RunSpec> runs;
+  EditingSpec editing;
 
   // Settings that must match when a sweep resumes into an existing store.
   Json settings() const;

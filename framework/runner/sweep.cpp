@@ -54,6 +54,7 @@ struct ItemRecord {
   std::string name, collage, run_id, method, label;
   uint64_t seed = 0;
   Json params, timings;
+  Json extra = Json::object();  // editing rounds: round, regenerated_layer, edit_from_item, picked
   cm::Scores scores;
   at::Tensor image;      // (3, H, W) float in [0, 1]
   at::Tensor latents;    // optional (C, h, w)
@@ -82,6 +83,11 @@ void write_item(hid_t file, const ItemRecord& r) {
   h5::set_attr(g, "seed", static_cast<int64_t>(r.seed));
   h5::set_attr(g, "params", r.params.dump());
   h5::set_attr(g, "timings", r.timings.dump());
+  for (auto it = r.extra.begin(); it != r.extra.end(); ++it)
+    if (it.value().is_number_integer())
+      h5::set_attr(g, it.key(), it.value().get<int64_t>());
+    else
+      h5::set_attr(g, it.key(), it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
   h5::Handle s = h5::ensure_group(g, "scores");
   for (const auto& [metric, v] : r.scores) {
     h5::write_double(s, metric, v.skipped ? cm::kNaN : v.value);
@@ -115,13 +121,48 @@ void write_collage_entry(hid_t file, const NamedCollage& nc) {
   h5::set_attr(g, "source", nc.collage.file.empty() ? std::string("generated") : nc.collage.file);
 }
 
-void write_run_entry(hid_t file, const RunSpec& r) {
+void write_run_entry(hid_t file, const RunSpec& r, int64_t editing_round = 0) {
   const std::string path = "runs/" + r.id;
   if (h5::exists(file, path)) return;
   h5::Handle g = h5::ensure_group(file, path);
   h5::set_attr(g, "method", r.method);
   h5::set_attr(g, "params", r.params.dump());
   h5::set_attr(g, "label", r.label);
+  if (editing_round > 0) h5::set_attr(g, "editing_round", editing_round);
+}
+
+// The item of `run` for this collage that the editing protocol continues from: the best seed by `pick`
+// (NaN counts as worst; ties go to the earlier seed). "" when any of the run's items is not in the store.
+std::string pick_item(hid_t file, const std::string& collage, const std::string& run_id,
+                      const std::vector<uint64_t>& seeds, const EditingSpec& ed) {
+  std::string best;
+  double best_value = 0;
+  for (auto seed : seeds) {
+    const std::string name = item_name(collage, run_id, seed);
+    if (!item_complete(file, name)) return "";
+    h5::Handle s = h5::open_group(file, "items/" + name + "/scores");
+    const double v = h5::exists(s, ed.pick) ? h5::read_double(s, ed.pick) : cm::kNaN;
+    const bool better = !std::isnan(v) && (best.empty() || std::isnan(best_value) ||
+                                           (ed.pick_higher ? v > best_value : v < best_value));
+    if (best.empty() || better) {
+      best = name;
+      best_value = v;
+    }
+  }
+  return best;
+}
+
+at::Tensor read_item_image(hid_t file, const std::string& item) {
+  h5::Handle d(H5Dopen2(file, ("items/" + item + "/image").c_str(), H5P_DEFAULT));
+  if (!d.valid()) throw Error("cannot open items/" + item + "/image");
+  h5::Handle space(H5Dget_space(d));
+  hsize_t dims[3] = {0, 0, 0};
+  if (H5Sget_simple_extent_ndims(space) != 3) throw Error("items/" + item + "/image is not (H, W, 3)");
+  H5Sget_simple_extent_dims(space, dims, nullptr);
+  auto img = at::empty({int64_t(dims[0]), int64_t(dims[1]), int64_t(dims[2])}, at::kByte);
+  if (H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, img.data_ptr<uint8_t>()) < 0)
+    throw Error("cannot read items/" + item + "/image");
+  return img.permute({2, 0, 1}).to(at::kFloat) / 255.0;
 }
 
 }  // namespace
@@ -144,14 +185,31 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
   COLLAGE_CHECK_AT(fs::exists(fs::path(model) / "model_index.json"), config.path, "model",
                    "'{}' is not a diffusers pipeline folder (no model_index.json)", model);
 
+  // A unit is (collage, run), or (collage, editing round) for the editing protocol: round r runs after round
+  // r - 1 of its collage and continues from that round's pick (round 1 from the start run's). A collage's
+  // editing chain belongs to the shard of its start-run unit, so each shard holds whole chains.
   struct Unit {
     size_t collage, run;
+    int64_t round = 0;  // > 0: editing round (run = round - 1 indexes config.editing.rounds)
+  };
+  const auto& ed = config.editing;
+  auto unit_run = [&](const Unit& u) -> const RunSpec& {
+    return u.round > 0 ? ed.rounds[static_cast<size_t>(u.round - 1)] : config.runs[u.run];
   };
   std::vector<Unit> units;
   int64_t index = 0;
   for (size_t c = 0; c < collages.size(); ++c)
     for (size_t r = 0; r < config.runs.size(); ++r, ++index)
       if (index % options.shard_count == options.shard_index) units.push_back({c, r});
+  if (ed.enabled)
+    for (size_t c = 0; c < collages.size(); ++c) {
+      const int64_t L = static_cast<int64_t>(collages[c].collage.layers.size());
+      for (auto l : ed.layers)
+        COLLAGE_CHECK_AT(l < L, config.path, "editing.layers", "layer {} does not exist in collage {} ({} layers)", l,
+                         collages[c].name, L);
+      if (int64_t(c * config.runs.size() + ed.start_run) % options.shard_count == options.shard_index)
+        for (int64_t r = 1; r <= int64_t(ed.rounds.size()); ++r) units.push_back({c, r - 1, r});
+    }
   summary.units_total = static_cast<int64_t>(units.size());
 
   // ---- the store: create or resume
@@ -186,6 +244,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       h5::set_attr(file, "metrics", Json(config.metrics).dump());
     }
     for (const auto& r : config.runs) write_run_entry(file, r);
+    for (size_t r = 0; r < ed.rounds.size(); ++r) write_run_entry(file, ed.rounds[r], int64_t(r) + 1);
     for (const auto& nc : collages) write_collage_entry(file, nc);
     H5Fflush(file, H5F_SCOPE_GLOBAL);
   }
@@ -196,7 +255,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
     for (const auto& u : units) {
       bool done = true;
       for (auto seed : config.seeds)
-        done = done && item_complete(file, item_name(collages[u.collage].name, config.runs[u.run].id, seed));
+        done = done && item_complete(file, item_name(collages[u.collage].name, unit_run(u).id, seed));
       if (done)
         ++summary.units_done_before;
       else
@@ -204,9 +263,10 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
     }
   }
   if (options.limit >= 0 && static_cast<int64_t>(todo.size()) > options.limit) todo.resize(static_cast<size_t>(options.limit));
-  log(fmt::format("sweep {}: {} collages x {} runs x {} seeds; shard {}/{}: {} units, {} done, {} to run now", config.path,
-                  collages.size(), config.runs.size(), config.seeds.size(), options.shard_index, options.shard_count,
-                  units.size(), summary.units_done_before, todo.size()));
+  log(fmt::format("sweep {}: {} collages x {} runs{} x {} seeds; shard {}/{}: {} units, {} done, {} to run now",
+                  config.path, collages.size(), config.runs.size(),
+                  ed.enabled ? fmt::format(" + {} editing rounds", ed.rounds.size()) : "", config.seeds.size(),
+                  options.shard_index, options.shard_count, units.size(), summary.units_done_before, todo.size()));
 
   if (!todo.empty()) {
     // ---- models, once
@@ -244,10 +304,46 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       cache_dir = (p.parent_path() / (p.stem().string() + ".cache")).string();
     }
     const double t_loop = now();
+    std::set<size_t> broken_chains;  // collages whose editing chain cannot continue (a round is missing)
     for (size_t k = 0; k < todo.size(); ++k) {
-      const auto& nc = collages[todo[k].collage];
-      const auto& run = config.runs[todo[k].run];
+      const Unit& unit = todo[k];
+      const auto& nc = collages[unit.collage];
+      const auto& run = unit_run(unit);
       const double t_unit = now();
+      // ---- editing round: the previous round's pick, the layer regenerated now
+      Json params = run.params;
+      Json extra = Json::object();
+      at::Tensor previous_image;
+      int64_t layer = -1;
+      if (unit.round > 0) {
+        if (broken_chains.count(unit.collage)) continue;
+        const std::string prev_run = unit.round == 1 ? config.runs[ed.start_run].id : ed.rounds[size_t(unit.round - 2)].id;
+        std::string from;
+        {
+          h5::Handle file = h5::open_file(options.out, false);
+          from = pick_item(file, nc.name, prev_run, config.seeds, ed);
+          if (!from.empty()) previous_image = read_item_image(file, from);
+        }
+        if (from.empty()) {  // e.g. --limit or another shard stopped before the start run of this collage
+          log(fmt::format("[{}/{}] {} | {}: skipped: the previous round ({}) is not complete in the store", k + 1,
+                          todo.size(), nc.name, run.label, prev_run));
+          broken_chains.insert(unit.collage);
+          continue;
+        }
+        std::vector<int64_t> cycle = ed.layers;
+        if (cycle.empty())
+          for (int64_t l = 1; l < int64_t(nc.collage.layers.size()); ++l) cycle.push_back(l);
+        if (cycle.empty()) cycle.push_back(0);
+        layer = cycle[size_t(unit.round - 1) % cycle.size()];
+        const auto png = fs::path(cache_dir) / "editing" / (from + ".png");
+        fs::create_directories(png.parent_path());
+        write_image(png.string(), previous_image);
+        params["edit_from"] = png.string();
+        params["edit_regenerate"] = std::to_string(layer);
+        extra["round"] = unit.round;
+        extra["regenerated_layer"] = layer;
+        extra["edit_from_item"] = from;
+      }
       RunSettings rs;
       rs.seeds = config.seeds;
       rs.steps = config.steps;
@@ -257,7 +353,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       rs.record_attention = config.save_attention;
       rs.cache_dir = cache_dir;
       if (!options.quiet) rs.log = [&](const std::string& s) { log("    " + s); };
-      Method method(MethodSpec::parse(run.method, run.params, config.path + ": " + run.where));
+      Method method(MethodSpec::parse(run.method, params, config.path + ": " + run.where));
       MethodOutput out;
       try {
         out = method.run(nc.collage, *sd, rs);
@@ -278,7 +374,12 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
         r.seed = config.seeds[b];
         r.name = item_name(nc.name, run.id, r.seed);
         r.params = run.params;
-        r.image = out.images[static_cast<int64_t>(b)].to(at::kCPU, at::kFloat).clamp(0, 1);
+        r.extra = extra;
+        // Scored as stored (8-bit), so that the scores are a function of the stored image: rescoring the file
+        // reproduces them, and a resumed editing chain picks exactly as an uninterrupted one.
+        r.image = to_uint8_hwc(out.images[static_cast<int64_t>(b)].to(at::kCPU, at::kFloat).clamp(0, 1))
+                      .permute({2, 0, 1})
+                      .to(at::kFloat) / 255.0;
         if (!names.empty()) {
           auto input = cm::score_input_from_collage(nc.collage, r.image);
           cm::ModelSetup setup = base_setup;
@@ -289,6 +390,18 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
             setup.context.segmenter = segmenters[seg];
           }
           r.scores = cm::score_with_setup(input, names, setup);
+        }
+        if (unit.round > 0) {
+          r.params["edit_from"] = "items/" + extra["edit_from_item"].get<std::string>();
+          r.params["edit_regenerate"] = std::to_string(layer);
+          // How much of what was kept changed: mean absolute difference to the edited image, weighted by
+          // 1 - the regenerated layer's visible mask (0 = the rest stayed exactly as it was).
+          auto keep = 1 - visible_masks(place_layers(nc.collage))[layer].unsqueeze(0);
+          const double change = ((r.image - previous_image).abs() * keep).sum().item<double>() /
+                                std::max(1e-9, 3.0 * keep.sum().item<double>());
+          cm::MetricValue mv;
+          mv.value = change;
+          r.scores["edit_outside_change"] = mv;
         }
         if (config.save_latents && out.latents.defined()) r.latents = out.latents[static_cast<int64_t>(b)];
         if (config.save_attention && out.artefacts.count("attention"))
@@ -303,6 +416,17 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       timings["scoring"] = scoring_s;
       timings["unit_wall"] = now() - t_unit;
       timings["batch"] = config.seeds.size();
+      if (unit.round > 0) {  // the pick of this round (what the next round edits), before "complete" is written
+        size_t best = 0;
+        for (size_t b = 1; b < records.size(); ++b) {
+          const double v = records[b].scores.count(ed.pick) && !records[b].scores.at(ed.pick).skipped
+                               ? records[b].scores.at(ed.pick).value : cm::kNaN;
+          const auto& bs = records[best].scores;
+          const double w = bs.count(ed.pick) && !bs.at(ed.pick).skipped ? bs.at(ed.pick).value : cm::kNaN;
+          if (!std::isnan(v) && (std::isnan(w) || (ed.pick_higher ? v > w : v < w))) best = b;
+        }
+        for (size_t b = 0; b < records.size(); ++b) records[b].extra["picked"] = int64_t(b == best);
+      }
       // ---- write: open, write every seed's item, flush, close (a kill loses at most this unit)
       const double t_write = now();
       {

@@ -153,6 +153,22 @@ TEST(RunnerConfig, MalformedConfigsFailBeforeWorkNamingPathAndKey) {
   EXPECT_NE(e.find("experiments/x.json: 'dataset'"), std::string::npos) << e;
   e = test::expect_error([&] { parse_config_text("{ not json", "experiments/x.json"); });
   EXPECT_NE(e.find("experiments/x.json"), std::string::npos) << e;
+  // The editing protocol's block.
+  const std::string two = R"([{"method": "sdedit", "grid": {"strength": [0.5, 0.7]}}, {"method": "sdedit+ca"}])";
+  e = err(two, R"("editing": {"start_run": 1, "pick": "mask_iou"},)");
+  EXPECT_NE(e.find("'editing.pick'"), std::string::npos) << e;  // not among the config's metrics
+  e = err(two, R"("editing": {"start_run": 0, "pick": "ssim"},)");
+  EXPECT_NE(e.find("'editing.start_run'"), std::string::npos) << e;  // a grid: more than one run
+  e = err(two, R"("editing": {"start_run": 5, "pick": "ssim"},)");
+  EXPECT_NE(e.find("'editing.start_run'"), std::string::npos) << e;
+  e = err(two, R"("editing": {"start_run": 1, "pick": "ssim", "params": {"edit_from": "x.png"}},)");
+  EXPECT_NE(e.find("'editing.params.edit_from'"), std::string::npos) << e;
+  e = err(two, R"("editing": {"start_run": 1, "pick": "ssim", "params": {"edit_strenght": 0.5}},)");
+  EXPECT_NE(e.find("'editing.params.edit_strenght'"), std::string::npos) << e;
+  e = err(two, R"("editing": {"start_run": 1, "pick": "ssim", "method": "sdedit"},)");
+  EXPECT_NE(e.find("'editing.method'"), std::string::npos) << e;
+  e = err(two, R"("editing": {"start_run": 1, "pick": "ssim", "round": 2},)");
+  EXPECT_NE(e.find("'editing.round'"), std::string::npos) << e;
   e = test::expect_error([&] { parse_shard("2/2"); });
   EXPECT_NE(e.find("--shard"), std::string::npos) << e;
   fs::remove_all(dir);
@@ -282,5 +298,77 @@ TEST(RunnerSweep, SigkilledCliSweepResumesToTheSameStore) {
   const auto full = dir + "/full.h5";
   run_sweep(config, quiet(full));
   expect_same_scores(full, killed);
+  fs::remove_all(dir);
+}
+
+// The editing protocol: per collage, the start run's best seed (by the pick metric) is edited layer by layer,
+// each round with every seed, each round continuing from the previous round's pick. Interrupted and resumed, or
+// split into shards and merged, it gives the same store as one run.
+TEST(RunnerSweep, EditingChainsContinueFromTheBestSeedAndResume) {
+  const auto dir = make_temp("editing");
+  const auto data = tiny_dataset(dir);
+  const auto model = tiny_model(dir);
+  std::string text = config_text(data, model);
+  text.insert(text.rfind('}'), R"(, "editing": {"start_run": 1, "pick": "mask_iou", "rounds": 3,
+                                              "params": {"edit_keep_strength": 0.05}})");
+  const auto config = parse_config_text(text, dir + "/x.json");
+  ASSERT_TRUE(config.editing.enabled);
+  ASSERT_EQ(config.editing.start_run, 2u);  // runs[1] of the file is the third run after the grid
+  ASSERT_EQ(config.editing.rounds.size(), 3u);
+  EXPECT_NE(config.editing.rounds[0].id, config.editing.rounds[1].id);
+  EXPECT_NE(config.editing.rounds[0].label.find("edit round 1"), std::string::npos);
+
+  const auto full = dir + "/full.h5";
+  auto s = run_sweep(config, quiet(full));
+  EXPECT_EQ(s.units_run, 2 * (3 + 3));
+  ASSERT_EQ(list_items(full).size(), 2u * (3 + 3) * 2);
+  h5::Handle f = h5::open_file(full, false);
+  auto value = [&](const std::string& item, const std::string& metric) {
+    h5::Handle g = h5::open_group(f, "items/" + item + "/scores");
+    return h5::read_double(g, metric);
+  };
+  for (const std::string collage : {"a_tiny", "b_tiny"}) {
+    // the start run's best seed by mask_iou (higher is better; ties: the first seed)
+    std::string expected = collage + "__" + config.runs[2].id + "__seed1";
+    const std::string other = collage + "__" + config.runs[2].id + "__seed2";
+    if (value(other, "mask_iou") > value(expected, "mask_iou")) expected = other;
+    for (size_t r = 0; r < 3; ++r) {
+      std::string picked;
+      for (uint64_t seed : {1, 2}) {
+        const std::string item = fmt::format("{}__{}__seed{}", collage, config.editing.rounds[r].id, seed);
+        h5::Handle g = h5::open_group(f, "items/" + item);
+        EXPECT_EQ(h5::attr_string(g, "edit_from_item"), expected) << item;
+        EXPECT_EQ(h5::attr_int(g, "round"), int64_t(r) + 1);
+        EXPECT_EQ(h5::attr_int(g, "regenerated_layer"), int64_t(r % 2) + 1);  // layers 1, 2, 1: not the background
+        const double change = value(item, "edit_outside_change");
+        EXPECT_TRUE(change >= 0 && change < 1) << item << " " << change;
+        if (h5::attr_int(g, "picked")) {
+          EXPECT_TRUE(picked.empty()) << "two picks in one round";
+          picked = item;
+        }
+      }
+      ASSERT_FALSE(picked.empty());
+      expected = picked;  // what the next round must continue from
+    }
+  }
+  f.close();
+  EXPECT_NE(report_markdown(full).find("edit_outside_change"), std::string::npos);
+
+  // Interrupted in the middle of the chains (after the first editing round), then resumed.
+  const auto part = dir + "/part.h5";
+  auto o = quiet(part);
+  o.limit = 7;
+  EXPECT_EQ(run_sweep(config, o).units_run, 7);
+  EXPECT_EQ(run_sweep(config, quiet(part)).units_run, 2 * (3 + 3) - 7);
+  expect_same_scores(full, part);
+
+  // Two shards merged.
+  auto o0 = quiet(dir + "/s0.h5"), o1 = quiet(dir + "/s1.h5");
+  o0.shard_count = o1.shard_count = 2;
+  o1.shard_index = 1;
+  run_sweep(config, o0);
+  run_sweep(config, o1);
+  merge_stores(dir + "/merged.h5", {dir + "/s0.h5", dir + "/s1.h5"});
+  expect_same_scores(full, dir + "/merged.h5");
   fs::remove_all(dir);
 }
