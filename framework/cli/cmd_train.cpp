@@ -150,9 +150,10 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     std::cerr << "\n";
     if (!ea->json.empty()) write_json_file(ea->json, r.to_json());
     std::cout << fmt::format(
-        "{} prompts ({} steps, guidance {}): every named object found {}/{} = {:.1f} %; held-out object found "
-        "{}/{} = {:.1f} %; objects {}/{}; {:.1f} s\n",
+        "{} prompts ({} steps, guidance {}): every named object found {}/{} = {:.1f} % (and nothing else: {}/{} = "
+        "{:.1f} %); held-out object found {}/{} = {:.1f} %; objects {}/{}; {:.1f} s\n",
         r.prompts, ea->steps, ea->guidance, r.all_found, r.prompts, 100.0 * r.all_found / std::max<int64_t>(1, r.prompts),
+        r.exact, r.prompts, 100.0 * r.exact / std::max<int64_t>(1, r.prompts),
         r.held_out_found, r.prompts, 100.0 * r.held_out_found / std::max<int64_t>(1, r.prompts), r.objects_found,
         r.objects, r.seconds);
   });

@@ -21,6 +21,8 @@ Json EvalResult::to_json() const {
   j["prompts"] = prompts;
   j["all_found"] = all_found;
   j["all_found_rate"] = prompts ? double(all_found) / double(prompts) : 0.0;
+  j["exact"] = exact;
+  j["exact_rate"] = prompts ? double(exact) / double(prompts) : 0.0;
   j["held_out_found"] = held_out_found;
   j["held_out_found_rate"] = prompts ? double(held_out_found) / double(prompts) : 0.0;
   j["objects"] = objects;
@@ -28,7 +30,7 @@ Json EvalResult::to_json() const {
   j["seconds"] = seconds;
   Json items = Json::array();
   for (size_t i = 0; i < prompt_texts.size(); ++i)
-    items.push_back(Json{{"prompt", prompt_texts[i]}, {"success", bool(success[i])}});
+    items.push_back(Json{{"prompt", prompt_texts[i]}, {"success", bool(success[i])}, {"detected", detected[i]}});
   j["items"] = items;
   return j;
 }
@@ -126,8 +128,10 @@ EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions&
       }
       res.prompts += 1;
       res.all_found += all;
+      res.exact += all && dets.size() == objects[size_t(i)].size();
       res.prompt_texts.push_back(prompts[size_t(i)]);
       res.success.push_back(all);
+      res.detected.push_back(static_cast<int64_t>(dets.size()));
       if (!options.image_dir.empty()) {
         fs::create_directories(options.image_dir);
         write_image((fs::path(options.image_dir) / fmt::format("{:03d}_{}.png", i, all ? "ok" : "fail")).string(),

@@ -182,6 +182,8 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options);
 
 // Evaluation on held-out combinations: prompts of one or two objects, the first of a held-out (colour, shape),
 // generated with the model's scheduler; success = shapesworld::find_object finds every named (colour, shape).
+// `exact` also requires that the analyser detects no other object: the analyser finds objects in noise, so a
+// model that draws noise scores some successes, never exact ones.
 struct EvalOptions {
   int64_t n = 100;
   int64_t steps = 50;
@@ -191,10 +193,11 @@ struct EvalOptions {
   std::string image_dir;  // when set, writes grid PNGs of the generations there
 };
 struct EvalResult {
-  int64_t prompts = 0, all_found = 0, held_out_found = 0, objects = 0, objects_found = 0;
+  int64_t prompts = 0, all_found = 0, exact = 0, held_out_found = 0, objects = 0, objects_found = 0;
   double seconds = 0;
   std::vector<std::string> prompt_texts;
   std::vector<bool> success;
+  std::vector<int64_t> detected;  // objects the analyser found per image
   Json to_json() const;
 };
 EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions& options,

@@ -267,6 +267,19 @@ TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
   EXPECT_EQ(gen.images.sizes(), (std::vector<int64_t>{2, 3, 32, 32}));
   EXPECT_TRUE(torch::isfinite(gen.images).all().item<bool>());
 
+  // The compositional test runs on an export; "exact" successes are successes with nothing else detected.
+  training::EvalOptions eo;
+  eo.n = 3;
+  eo.steps = 2;
+  const auto ev = training::evaluate_shapesworld(out + "/model", eo);
+  EXPECT_EQ(ev.prompts, 3);
+  ASSERT_EQ(ev.detected.size(), 3u);
+  EXPECT_LE(ev.exact, ev.all_found);
+  int64_t exact = 0;
+  for (size_t i = 0; i < 3; ++i) exact += ev.success[i] && ev.detected[i] == (i % 2 ? 2 : 1);
+  EXPECT_EQ(ev.exact, exact);
+  EXPECT_EQ(ev.to_json()["items"][0]["detected"], ev.detected[0]);
+
   // an uninterrupted 5-step run equals 3 steps + resume to 5
   o.steps = 5;
   o.resume = true;
