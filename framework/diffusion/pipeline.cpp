@@ -81,7 +81,9 @@ void StableDiffusion::prepare(const PipelineOptions& options) {
   text_encoder->to(device, dtype);
   unet->to(device, dtype);
   if (device.is_cpu() && dtype == at::kFloat && options.cpu_fast_paths) {
-    unet->set_channels_last(true);
+    // Channels-last pays at Stable Diffusion's latent sizes; at the sandbox model's 16x16 latents NCHW is faster
+    // (8 seeds x 50 CFG steps, 2 threads, runs interleaved: 9.3-10.3 s NCHW vs 10.0-11.0 s channels-last).
+    unet->set_channels_last(unet->config().sample_size >= 32);
     pack_large_convs(*unet);
   }
   // The VAE decoder overflows in half precision on some inputs; keep it in float32 (it is a small share of
