@@ -5,6 +5,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/json.h"
+#include "core/safetensors.h"
 #include "models/load.h"
 
 namespace collage {
@@ -164,11 +166,22 @@ ClipTextModel ClipTextModelImpl::load(const std::string& folder, const std::stri
   const auto config_path = (std::filesystem::path(folder) / "config.json").string();
   COLLAGE_CHECK_AT(std::filesystem::exists(config_path), config_path, "",
                    "text encoder config.json not found");
-  ClipTextModel model(ClipTextConfig::from_json_file(config_path));
+  // A full CLIPModel folder (model_type "clip") also serves, as transformers' CLIPTextModel.from_pretrained
+  // allows: its text_config (with CLIPTextConfig's defaults for what save_pretrained left out) and the
+  // text_model.* weights; the vision tower and the projections are not loaded.
+  const Json json = read_json_file(config_path);
+  const bool clip_model = json.value("model_type", std::string()) == "clip" && json.contains("text_config");
+  ClipTextModel model(clip_model ? ClipTextConfig::from_json(json["text_config"], config_path, "text_config.", true)
+                                 : ClipTextConfig::from_json(json, config_path));
   LoadOptions options;
   // transformers < 4.31 saved the position_ids buffer; newer versions recompute it.
   options.ignorable_file_keys = {"text_model.embeddings.position_ids"};
-  load_module_weights(*model, find_weight_files(folder, {"model", "pytorch_model"}, variant), options);
+  const auto files = find_weight_files(folder, {"model", "pytorch_model"}, variant);
+  if (clip_model)
+    for (const auto& file : files)
+      for (const auto& name : SafetensorsFile::open(file)->names())
+        if (name.rfind("text_model.", 0) != 0) options.ignorable_file_keys.insert(name);
+  load_module_weights(*model, files, options);
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   model->eval();
   return model;

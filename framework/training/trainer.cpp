@@ -162,16 +162,12 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, at::Device device)
 }
 
 void Trainer::load_text_encoder(const std::string& folder, const ClipTextConfig& expected) {
-  // Read directly (config + safetensors) rather than through the metrics' ClipModel, so that the trainer builds
-  // without OpenCV (the GPU harness, scripts/device).
+  // A CLIPModel or CLIPTextModel folder, as the pipelines load it (a CLIPModel gives its text tower).
   const auto config_path = (fs::path(folder) / "config.json").string();
   const auto json = read_json_file(config_path);
-  const bool clip_model = json.value("model_type", std::string()) == "clip";
-  COLLAGE_CHECK_AT(!clip_model || (json.contains("text_config") && json["text_config"].is_object()), config_path,
-                   "text_config", "a CLIPModel config without text_config");
-  const ClipTextConfig found = clip_model ? ClipTextConfig::from_json(json["text_config"], config_path, "text_config.", true)
-                                          : ClipTextConfig::from_json_file(config_path);
-  const std::string prefix = clip_model ? "text_config." : "";
+  const std::string prefix = json.value("model_type", std::string()) == "clip" ? "text_config." : "";
+  auto source = ClipTextModelImpl::load(folder);
+  const ClipTextConfig& found = source->config();
   auto same = [&](const char* key, int64_t a, int64_t b) {
     COLLAGE_CHECK_AT(a == b, config_path, prefix + key, "is {}, the training config's text_encoder.{} is {}", a, key,
                      b);
@@ -184,16 +180,9 @@ void Trainer::load_text_encoder(const std::string& folder, const ClipTextConfig&
   same("max_position_embeddings", found.max_position_embeddings, expected.max_position_embeddings);
   COLLAGE_CHECK_AT(found.hidden_act == expected.hidden_act, config_path, prefix + "hidden_act",
                    "is {}, the training config's text_encoder.hidden_act is {}", found.hidden_act, expected.hidden_act);
-  // A CLIPModel's file also holds the vision tower and projections: only the text_model.* keys are taken.
-  std::map<std::string, at::Tensor> source;
-  for (const auto& file : find_weight_files(folder, {"model"}))
-    for (auto& [k, v] : load_safetensors(file)) source[k] = v;
   torch::NoGradGuard no_grad;
-  for (auto& p : text_encoder->named_parameters(true)) {
-    COLLAGE_CHECK_AT(source.count(p.key()), config_path, p.key(), "missing in the text encoder to start from");
-    COLLAGE_CHECK_AT(source.at(p.key()).sizes() == p.value().sizes(), config_path, p.key(), "shape mismatch");
-    p.value().copy_(source.at(p.key()));
-  }
+  auto params = source->named_parameters(true);
+  for (auto& p : text_encoder->named_parameters(true)) p.value().copy_(params[p.key()]);
 }
 
 void Trainer::load_unet(const std::string& path) {

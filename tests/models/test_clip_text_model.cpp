@@ -41,6 +41,19 @@ TEST(ClipTextModel, GoldenSd2) {
   EXPECT_EQ(rec.results().size(), 1u + 4u + 2u);
 }
 
+// A full CLIPModel folder loads as a text encoder (its text tower), as transformers allows, so that a pipeline
+// can share a trained CLIP's text tower: the golden CLIPModel's hidden states without attention mask.
+TEST(ClipTextModel, LoadsTheTextTowerOfAClipModelFolder) {
+  auto model = ClipTextModelImpl::load(test::golden("clip"));
+  EXPECT_EQ(model->config().hidden_size, 32);
+  EXPECT_EQ(model->config().max_position_embeddings, 77);  // a default save_pretrained left out
+  auto cases = load_safetensors(test::golden("clip/cases.safetensors"));
+  torch::NoGradGuard no_grad;
+  auto out = model->forward(cases.at("input_ids")).last_hidden_state;
+  EXPECT_TRUE(at::allclose(out, cases.at("text_last_hidden_state_no_attention_mask"), 1e-4, 1e-5))
+      << (out - cases.at("text_last_hidden_state_no_attention_mask")).abs().max().item<float>();
+}
+
 TEST(ClipTextModel, ParsesRealConfigs) {
   auto sd15 = ClipTextConfig::from_json_file(test::golden("configs/stable-diffusion-v1-5/text_encoder/config.json"));
   EXPECT_EQ(sd15.hidden_size, 768);
