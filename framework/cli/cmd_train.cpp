@@ -25,6 +25,7 @@ struct ClipArgs {
   std::string world = "shapesworld", config, out;
   int64_t steps = -1, eval_images = 512;
   double minutes = -1;
+  bool resume = false;
 };
 struct ClipEvalArgs {
   std::string model, json;
@@ -86,6 +87,7 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
   tc->add_option("--minutes", ca->minutes, "time budget in minutes (overrides max_minutes)");
   tc->add_option("--eval-images", ca->eval_images, "renders for the zero-shot evaluation at the end (0: none)")
       ->capture_default_str();
+  tc->add_flag("--resume", ca->resume, "continue from --out's checkpoint (written with every export)");
   tc->callback([ca, &global] {
     apply_runtime(global);
     COLLAGE_CHECK_AT(ca->world == "shapesworld", "", "--world", "unknown world '{}' (known: shapesworld)",
@@ -97,12 +99,14 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     o.steps = ca->steps;
     o.minutes = ca->minutes;
     o.eval_images = ca->eval_images;
+    o.resume = ca->resume;
     std::ostringstream cmd;
     cmd << "collage";
     if (global.threads > 0) cmd << " --threads " << global.threads;
     cmd << " train-clip --world " << ca->world << " --config " << ca->config << " --out " << ca->out;
     if (ca->steps >= 0) cmd << " --steps " << ca->steps;
     if (ca->minutes >= 0) cmd << " --minutes " << ca->minutes;
+    if (ca->resume) cmd << " --resume";
     o.command_line = cmd.str();
     auto r = training::train_clip(config, o);
     std::cout << fmt::format("steps {}  final loss {:.4f}  {:.1f} s  model {}\n", r.steps, r.final_loss, r.seconds,

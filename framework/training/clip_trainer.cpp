@@ -361,15 +361,58 @@ ClipTrainResult train_clip(const ClipTrainConfig& config_in, const ClipTrainOpti
                   cfg.vision.num_hidden_layers, cfg.vision.patch_size, cfg.projection_dim, c.batch_size,
                   at::get_num_threads()));
 
+  // ---- checkpoint (written with every export) and resume
+  const fs::path ckpt = out / "checkpoint";
+  int64_t step = 0;
+  double seconds_before = 0;  // wall time of the earlier runs of this folder
+  COLLAGE_CHECK_AT(options.resume || !fs::exists(ckpt / "state.json"), ckpt.string(), "",
+                   "the output folder already has a checkpoint: pass --resume, or choose another --out");
+  if (options.resume && fs::exists(ckpt / "state.json")) {
+    const auto state = read_json_file((ckpt / "state.json").string());
+    auto weights = load_safetensors((ckpt / "params.safetensors").string());
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters(true)) {
+      COLLAGE_CHECK_AT(weights.count(p.key()) && weights.at(p.key()).sizes() == p.value().sizes(),
+                       (ckpt / "params.safetensors").string(), p.key(), "missing or of another shape (another config?)");
+      p.value().copy_(weights.at(p.key()));
+    }
+    torch::load(optimizer, (ckpt / "optimizer.pt").string());
+    step = state.at("step").get<int64_t>();
+    seconds_before = state.value("train_seconds", 0.0);
+    log(fmt::format("resumed at step {}", step));
+  }
+  auto save_checkpoint = [&](double seconds) {
+    const fs::path tmp = out / ".checkpoint.tmp";
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    std::map<std::string, at::Tensor> w;
+    for (const auto& p : model->named_parameters(true)) w[p.key()] = p.value().detach().contiguous();
+    save_safetensors((tmp / "params.safetensors").string(), w);
+    torch::save(optimizer, (tmp / "optimizer.pt").string());
+    write_json_file((tmp / "state.json").string(), Json{{"step", step}, {"train_seconds", seconds}, {"config", c.raw}});
+    fs::remove_all(ckpt);
+    fs::rename(tmp, ckpt);
+  };
+
+  // loss.csv: a resumed run keeps the rows up to its checkpoint (a killed run may have logged past it)
+  std::vector<std::string> kept;
+  if (step > 0 && fs::exists(out / "loss.csv")) {
+    std::ifstream in(out / "loss.csv");
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line))
+      if (!line.empty() && std::stoll(line.substr(0, line.find(','))) <= step) kept.push_back(line);
+  }
   std::ofstream csv(out / "loss.csv");
   COLLAGE_CHECK_AT(csv.good(), (out / "loss.csv").string(), "", "cannot write");
   csv << "step,loss,accuracy,logit_scale,lr,seconds\n";
-  const double start = wall();
+  for (const auto& line : kept) csv << line << "\n";
+  const double start = wall() - seconds_before;
   const double budget = c.max_minutes > 0 ? c.max_minutes * 60.0 : 1e30;
   const double max_logit = std::log(100.0);
   std::vector<double> window;
   double window_start = start;
-  int64_t step = 0, window_steps = 0;
+  int64_t window_steps = 0;
   ClipTrainResult result;
   result.model_dir = (out / "model").string();
   while (step < c.max_steps && wall() - start < budget) {
@@ -438,8 +481,12 @@ ClipTrainResult train_clip(const ClipTrainConfig& config_in, const ClipTrainOpti
       window_start = wall();
       window_steps = 0;
     }
-    if (c.export_every > 0 && step % c.export_every == 0) export_clip(model, c, result.model_dir);
+    if (c.export_every > 0 && step % c.export_every == 0) {
+      export_clip(model, c, result.model_dir);
+      save_checkpoint(wall() - start);
+    }
   }
+  if (c.export_every <= 0 || step % c.export_every != 0) save_checkpoint(wall() - start);
   csv.flush();
   double mean = 0;
   for (double v : window) mean += v;

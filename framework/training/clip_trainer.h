@@ -29,7 +29,7 @@ struct ClipTrainConfig {
   int64_t max_steps = 1000000;
   double max_minutes = 0;  // 0 = no time budget
   int64_t log_every = 10;
-  int64_t export_every = 500;  // writes model/ every so many steps (0 = only at the end)
+  int64_t export_every = 500;  // writes model/ and checkpoint/ every so many steps (0 = only at the end)
   // Fraction of the batch that is "hard negative" pairs: a scene and its twin with one object's shape changed
   // (captions differ in that word only). Without them the shape is not learned (see clip_trainer.cpp).
   double shape_twins = 0.5;
@@ -55,6 +55,9 @@ struct ClipTrainOptions {
   std::string command_line;
   bool quiet = false;
   int64_t eval_images = 512;  // evaluation after training (0 = none)
+  // Continue from out_dir/checkpoint (written with every export): weights, optimiser state, step, wall time;
+  // the batches depend on the step only, so a resumed run equals an uninterrupted one.
+  bool resume = false;
 };
 
 // Zero-shot checks of a CLIP folder on fresh ShapesWorld renders (scene seeds disjoint from training):

@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json.h"
+#include "core/safetensors.h"
 #include "metrics/nets/clip_model.h"
 #include "test_util.h"
 #include "tiny_clip.h"
@@ -93,6 +95,38 @@ TEST(ClipTrainer, SameSeedSameRun) {
   training::train_clip(config, o);
   auto b = losses(fs::path(o.out_dir) / "loss.csv");
   EXPECT_EQ(a, b);
+}
+
+// Interrupted and resumed from the checkpoint written with every export, a run equals an uninterrupted one;
+// without --resume an existing run is refused.
+TEST(ClipTrainer, ResumedRunEqualsUninterrupted) {
+  auto config = training::ClipTrainConfig::from_json(tiny_json(), "tiny");
+  config.export_every = 2;
+  training::ClipTrainOptions o;
+  o.quiet = true;
+  o.eval_images = 0;
+  o.steps = 4;
+  o.out_dir = test::temp_dir("clip_full");
+  training::train_clip(config, o);
+  const auto full = load_safetensors((fs::path(o.out_dir) / "checkpoint" / "params.safetensors").string());
+  const auto full_losses = losses(fs::path(o.out_dir) / "loss.csv");
+
+  o.out_dir = test::temp_dir("clip_part");
+  o.steps = 2;
+  training::train_clip(config, o);
+  EXPECT_EQ(read_json_file((fs::path(o.out_dir) / "checkpoint" / "state.json").string())["step"], 2);
+  {  // what a kill during step 4 leaves: the checkpoint of step 2 and a log that runs past it
+    std::ofstream csv(fs::path(o.out_dir) / "loss.csv", std::ios::app);
+    csv << "3,9.99,0,1,0.001,1.0\n";
+  }
+  EXPECT_THROW(training::train_clip(config, o), Error);  // exists, no resume
+  o.resume = true;
+  o.steps = 4;
+  training::train_clip(config, o);
+  const auto resumed = load_safetensors((fs::path(o.out_dir) / "checkpoint" / "params.safetensors").string());
+  ASSERT_EQ(full.size(), resumed.size());
+  for (const auto& [k, v] : full) EXPECT_TRUE(torch::allclose(v, resumed.at(k), 1e-5, 1e-6)) << k;
+  EXPECT_EQ(losses(fs::path(o.out_dir) / "loss.csv"), full_losses);
 }
 
 TEST(ClipTrainer, BadConfigsNameFileAndKey) {
