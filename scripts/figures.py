@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Figures from a sweep store (framework/runner/README.md): the ablation table, a trade-off curve, a
-qualitative grid and, for stores with editing rounds, the editing sequences, as PNGs (Debian python3-h5py +
+qualitative grid (the collage, then each run), per-layer noise demos (when the sweep saved noise maps) and,
+for stores with editing rounds, the editing sequences, as PNGs (Debian python3-h5py +
 python3-matplotlib; no pandas needed).
 
     python3 scripts/figures.py results/ablation.h5 --out results/figures/ablation
@@ -106,22 +107,65 @@ def grid_figure(f, path, max_collages, seed):
     seeds = sorted({int(items[n].attrs["seed"]) for n in names})
     if seed is None and seeds:
         seed = seeds[0]
-    fig, axes = plt.subplots(len(collages), len(ids), figsize=(1.8 * len(ids), 1.8 * len(collages)), squeeze=False)
+    cols = [None] + ids  # the collage itself, then one column per run
+    fig, axes = plt.subplots(len(collages), len(cols), figsize=(1.8 * len(cols), 1.8 * len(collages)), squeeze=False)
     for r, c in enumerate(collages):
-        for k, rid in enumerate(ids):
+        for k, rid in enumerate(cols):
             ax = axes[r][k]
             ax.set_xticks([])
             ax.set_yticks([])
+            if rid is None:
+                if "composite" in f["collages"][c]:
+                    ax.imshow(f["collages"][c]["composite"][:], interpolation="nearest")
+                if r == 0:
+                    ax.set_title("collage", fontsize=6)
+                ax.set_ylabel(c, fontsize=6)
+                continue
             name = f"{c}__{rid}__seed{seed}"
             if name in items:
                 ax.imshow(items[name]["image"][:], interpolation="nearest")
             if r == 0:
-                ax.set_title(rs[rid]["label"], fontsize=6)
+                ax.set_title(rs[rid]["label"] + f" (seed {seed})", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def noise_figure(f, path, max_collages, seed):
+    """Per-layer noise: per collage, the collage, the noise map of the first run that stored one (the strength
+    each pixel starts denoising at; white = 1) and that run's output."""
+    rs = runs(f)
+    items = f["items"]
+    done = [n for n in items if "complete" in items[n].attrs and "noise_map" in items[n]]
+    rids = sorted({items[n].attrs["run_id"] for n in done if not rs[items[n].attrs["run_id"]]["editing_round"]},
+                  key=lambda i: rs[i]["label"])
+    if not rids:
+        return False
+    rid = rids[0]
+    collages = sorted({items[n].attrs["collage"] for n in done if items[n].attrs["run_id"] == rid})[:max_collages]
+    seeds = sorted({int(items[n].attrs["seed"]) for n in done if items[n].attrs["run_id"] == rid})
+    if seed is None or seed not in seeds:
+        seed = seeds[0]
+    fig, axes = plt.subplots(len(collages), 3, figsize=(5.4, 1.8 * len(collages)), squeeze=False)
+    for r, c in enumerate(collages):
+        g = items[f"{c}__{rid}__seed{seed}"]
+        panels = [(f["collages"][c]["composite"][:] if "composite" in f["collages"][c] else None, "collage", None),
+                  (g["noise_map"][:], "noise map (start strength)", "gray"),
+                  (g["image"][:], f"{rs[rid]['label']} (seed {seed})", None)]
+        for k, (img, title, cmap) in enumerate(panels):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if img is not None:
+                ax.imshow(img, interpolation="nearest", cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            if r == 0:
+                ax.set_title(title, fontsize=6)
             if k == 0:
                 ax.set_ylabel(c, fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
+    return True
 
 
 def editing_figure(f, path, max_collages):
@@ -192,6 +236,8 @@ def main():
             written.append(prefix + "_tradeoff.png")
         grid_figure(f, prefix + "_grid.png", a.max_collages, a.seed)
         written.append(prefix + "_grid.png")
+        if noise_figure(f, prefix + "_noise.png", a.max_collages, a.seed):
+            written.append(prefix + "_noise.png")
         if any(r["editing_round"] for r in runs(f).values()):
             editing_figure(f, prefix + "_editing.png", a.max_collages)
             written.append(prefix + "_editing.png")

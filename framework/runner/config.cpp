@@ -255,11 +255,13 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
   // ---- save
   if (j.contains("save")) {
     const Json& s = j["save"];
-    COLLAGE_CHECK_AT(s.is_object(), path, "save", "must be an object {{latents, attention}}");
+    COLLAGE_CHECK_AT(s.is_object(), path, "save", "must be an object {{latents, attention, noise_map}}");
     JsonReader sr(s, path, "save.");
     c.save_latents = sr.get<bool>("latents", false);
     c.save_attention = sr.get<bool>("attention", false);
-    for (const auto& k : sr.unused_keys()) throw Error("unknown key (valid: latents, attention)", path, "save." + k);
+    c.save_noise_map = sr.get<bool>("noise_map", false);
+    for (const auto& k : sr.unused_keys())
+      throw Error("unknown key (valid: latents, attention, noise_map)", path, "save." + k);
   }
   // ---- runs
   COLLAGE_CHECK_AT(j.contains("runs"), path, "runs", "required key is missing");

@@ -68,7 +68,7 @@ struct ExperimentConfig {
   std::vector<std::string> metrics;
   std::string segmenter = "auto";
   std::string clip, clip_tokenizer, lpips;  // metric model folders ("" = assets/ defaults when present)
-  bool save_latents = false, save_attention = false;
+  bool save_latents = false, save_attention = false, save_noise_map = false;
   int64_t limit_collages = -1;    // "max_collages": use only the first K collages of the dataset
   std::vector<RunSpec> runs;
   EditingSpec editing;

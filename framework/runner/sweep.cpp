@@ -59,6 +59,7 @@ struct ItemRecord {
   at::Tensor image;      // (3, H, W) float in [0, 1]
   at::Tensor latents;    // optional (C, h, w)
   at::Tensor attention;  // optional (L, h, w)
+  at::Tensor noise_map;  // optional (H, W): per-pixel start strength of per-pixel methods (ln, edit, differential)
 };
 
 void write_float_tensor(hid_t loc, const std::string& name, const at::Tensor& t) {
@@ -99,6 +100,7 @@ void write_item(hid_t file, const ItemRecord& r) {
   }
   if (r.latents.defined()) write_float_tensor(g, "latents", r.latents);
   if (r.attention.defined()) write_float_tensor(g, "attention", r.attention);
+  if (r.noise_map.defined()) write_float_tensor(g, "noise_map", r.noise_map);
   h5::set_attr(g, "complete", static_cast<int64_t>(1));  // written last: the item is whole
 }
 
@@ -113,7 +115,12 @@ void write_collage_entry(hid_t file, const NamedCollage& nc) {
   const std::string path = "collages/" + nc.name;
   if (h5::exists(file, path)) return;
   h5::Handle g = h5::ensure_group(file, path);
-  write_float_tensor(g, "visible_masks", visible_masks(place_layers(nc.collage)));
+  const auto placed = place_layers(nc.collage);
+  write_float_tensor(g, "visible_masks", visible_masks(placed));
+  auto composite = to_uint8_hwc(flatten_layers(placed, nc.collage.background).clamp(0, 1)).contiguous();
+  std::vector<hsize_t> dims{static_cast<hsize_t>(composite.size(0)), static_cast<hsize_t>(composite.size(1)),
+                            static_cast<hsize_t>(composite.size(2))};
+  h5::write_array(g, "composite", H5T_NATIVE_UINT8, dims, composite.data_ptr<uint8_t>());
   h5::set_attr(g, "prompt", nc.collage.prompt);
   Json layers = Json::array();
   for (const auto& l : nc.collage.layers) layers.push_back({{"name", l.name}, {"text", l.text}});
@@ -404,6 +411,8 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
           r.scores["edit_outside_change"] = mv;
         }
         if (config.save_latents && out.latents.defined()) r.latents = out.latents[static_cast<int64_t>(b)];
+        if (config.save_noise_map && out.artefacts.count("noise_map"))
+          r.noise_map = out.artefacts.at("noise_map").to(at::kCPU, at::kFloat).squeeze();
         if (config.save_attention && out.artefacts.count("attention"))
           r.attention = out.artefacts.at("attention")[static_cast<int64_t>(b)];
         records.push_back(std::move(r));

@@ -310,7 +310,8 @@ TEST(RunnerSweep, EditingChainsContinueFromTheBestSeedAndResume) {
   const auto model = tiny_model(dir);
   std::string text = config_text(data, model);
   text.insert(text.rfind('}'), R"(, "editing": {"start_run": 1, "pick": "mask_iou", "rounds": 3,
-                                              "params": {"edit_keep_strength": 0.05}})");
+                                              "params": {"edit_keep_strength": 0.05}},
+                                  "save": {"noise_map": true})");
   const auto config = parse_config_text(text, dir + "/x.json");
   ASSERT_TRUE(config.editing.enabled);
   ASSERT_EQ(config.editing.start_run, 2u);  // runs[1] of the file is the third run after the grid
@@ -351,6 +352,11 @@ TEST(RunnerSweep, EditingChainsContinueFromTheBestSeedAndResume) {
       expected = picked;  // what the next round must continue from
     }
   }
+  // The collage composite is stored once; noise maps (asked for) with the per-pixel methods' items only.
+  EXPECT_TRUE(h5::exists(f, "collages/a_tiny/composite"));
+  EXPECT_TRUE(h5::exists(f, fmt::format("items/a_tiny__{}__seed1/noise_map", config.editing.rounds[0].id)));
+  EXPECT_TRUE(h5::exists(f, fmt::format("items/a_tiny__{}__seed1/noise_map", config.runs[2].id)));  // +ln
+  EXPECT_FALSE(h5::exists(f, fmt::format("items/a_tiny__{}__seed1/noise_map", config.runs[0].id)));  // sdedit
   f.close();
   EXPECT_NE(report_markdown(full).find("edit_outside_change"), std::string::npos);
 
