@@ -138,25 +138,29 @@ void write_run_entry(hid_t file, const RunSpec& r, int64_t editing_round = 0) {
   if (editing_round > 0) h5::set_attr(g, "editing_round", editing_round);
 }
 
-// The item of `run` for this collage that the editing protocol continues from: the best seed by `pick`
-// (NaN counts as worst; ties go to the earlier seed). "" when any of the run's items is not in the store.
-std::string pick_item(hid_t file, const std::string& collage, const std::string& run_id,
-                      const std::vector<uint64_t>& seeds, const EditingSpec& ed) {
-  std::string best;
-  double best_value = 0;
-  for (auto seed : seeds) {
-    const std::string name = item_name(collage, run_id, seed);
-    if (!item_complete(file, name)) return "";
-    h5::Handle s = h5::open_group(file, "items/" + name + "/scores");
-    const double v = h5::exists(s, ed.pick) ? h5::read_double(s, ed.pick) : cm::kNaN;
-    const bool better = !std::isnan(v) && (best.empty() || std::isnan(best_value) ||
-                                           (ed.pick_higher ? v > best_value : v < best_value));
-    if (best.empty() || better) {
-      best = name;
-      best_value = v;
-    }
+// The index of the best value (NaN counts as worst; ties go to the earlier one): the editing protocol's pick.
+size_t best_index(const std::vector<double>& values, bool higher) {
+  size_t best = 0;
+  for (size_t i = 1; i < values.size(); ++i) {
+    const double v = values[i], w = values[best];
+    if (!std::isnan(v) && (std::isnan(w) || (higher ? v > w : v < w))) best = i;
   }
   return best;
+}
+
+// The item of `run` for this collage that the editing protocol continues from: the best seed by `pick`.
+// "" when any of the run's items is not in the store.
+std::string pick_item(hid_t file, const std::string& collage, const std::string& run_id,
+                      const std::vector<uint64_t>& seeds, const EditingSpec& ed) {
+  std::vector<std::string> names;
+  std::vector<double> values;
+  for (auto seed : seeds) {
+    names.push_back(item_name(collage, run_id, seed));
+    if (!item_complete(file, names.back())) return "";
+    h5::Handle s = h5::open_group(file, "items/" + names.back() + "/scores");
+    values.push_back(h5::exists(s, ed.pick) ? h5::read_double(s, ed.pick) : cm::kNaN);
+  }
+  return names.empty() ? "" : names[best_index(values, ed.pick_higher)];
 }
 
 at::Tensor read_item_image(hid_t file, const std::string& item) {
@@ -320,7 +324,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       // ---- editing round: the previous round's pick, the layer regenerated now
       Json params = run.params;
       Json extra = Json::object();
-      at::Tensor previous_image;
+      at::Tensor previous_image, keep;  // keep: 1 - the regenerated layer's visible mask
       int64_t layer = -1;
       if (unit.round > 0) {
         if (broken_chains.count(unit.collage)) continue;
@@ -342,6 +346,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
           for (int64_t l = 1; l < int64_t(nc.collage.layers.size()); ++l) cycle.push_back(l);
         if (cycle.empty()) cycle.push_back(0);
         layer = cycle[size_t(unit.round - 1) % cycle.size()];
+        keep = 1 - visible_masks(place_layers(nc.collage))[layer].unsqueeze(0);
         const auto png = fs::path(cache_dir) / "editing" / (from + ".png");
         fs::create_directories(png.parent_path());
         write_image(png.string(), previous_image);
@@ -403,7 +408,6 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
           r.params["edit_regenerate"] = std::to_string(layer);
           // How much of what was kept changed: mean absolute difference to the edited image, weighted by
           // 1 - the regenerated layer's visible mask (0 = the rest stayed exactly as it was).
-          auto keep = 1 - visible_masks(place_layers(nc.collage))[layer].unsqueeze(0);
           const double change = ((r.image - previous_image).abs() * keep).sum().item<double>() /
                                 std::max(1e-9, 3.0 * keep.sum().item<double>());
           cm::MetricValue mv;
@@ -426,14 +430,12 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       timings["unit_wall"] = now() - t_unit;
       timings["batch"] = config.seeds.size();
       if (unit.round > 0) {  // the pick of this round (what the next round edits), before "complete" is written
-        size_t best = 0;
-        for (size_t b = 1; b < records.size(); ++b) {
-          const double v = records[b].scores.count(ed.pick) && !records[b].scores.at(ed.pick).skipped
-                               ? records[b].scores.at(ed.pick).value : cm::kNaN;
-          const auto& bs = records[best].scores;
-          const double w = bs.count(ed.pick) && !bs.at(ed.pick).skipped ? bs.at(ed.pick).value : cm::kNaN;
-          if (!std::isnan(v) && (std::isnan(w) || (ed.pick_higher ? v > w : v < w))) best = b;
+        std::vector<double> values;
+        for (const auto& r : records) {
+          auto it = r.scores.find(ed.pick);
+          values.push_back(it != r.scores.end() && !it->second.skipped ? it->second.value : cm::kNaN);
         }
+        const size_t best = best_index(values, ed.pick_higher);
         for (size_t b = 0; b < records.size(); ++b) records[b].extra["picked"] = int64_t(b == best);
       }
       // ---- write: open, write every seed's item, flush, close (a kill loses at most this unit)
