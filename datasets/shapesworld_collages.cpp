@@ -94,6 +94,13 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
                   {"source_light_deg", lighting.light_angle_deg}};
     c.layers.push_back(l);
   }
+  if (o.kept_strength >= 0) {
+    COLLAGE_CHECK_AT(o.kept_strength <= 1, "", "kept_strength", "must be in [0, 1], got {}", o.kept_strength);
+    std::mt19937_64 kept_rng(o.seed * 2654435761ull + index * 40503ull + 99);
+    const size_t kept = 1 + kept_rng() % target.objects.size();  // layer 0 is the background
+    for (size_t i = 1; i < c.layers.size(); ++i) c.layers[i].meta["kept"] = i == kept;
+    c.layers[kept].noise_strength = o.kept_strength;
+  }
   c.meta = Json{{"generator", "shapesworld"},
                 {"index", index},
                 {"seed", o.seed},
@@ -115,6 +122,7 @@ std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCo
                {"max_objects", o.max_objects},
                {"noise_strength", o.noise_strength},
                {"unnamed_probability", o.unnamed_probability},
+               {"kept_strength", o.kept_strength},
                {"seed", o.seed}}},
              {"collages", Json::array()}};
   for (int64_t i = 0; i < n; ++i) {

@@ -64,15 +64,22 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
 
   struct ReportArgs {
     std::string store, csv;
+    runner::ReportOptions options;
   };
   auto r = std::make_shared<ReportArgs>();
   auto* report = app.add_subcommand("report", "a sweep store's scores per run and metric: mean and 95 % interval");
   report->add_option("store", r->store, "the HDF5 store")->required()->check(CLI::ExistingFile);
   report->add_option("--csv", r->csv, "also write the table (long form) as CSV");
+  report->add_option("--layers", r->options.layers,
+                     "score only the layers whose meta has this key true (e.g. unnamed_appearance, kept): per-layer "
+                     "values averaged over those layers");
+  report->add_option("--paired", r->options.paired,
+                     "a run id or label: pair every other run with it (same collage and seed) and report the "
+                     "differences, their 95 % interval and how many pairs got better / worse");
   report->callback([r] {
-    std::cout << runner::report_markdown(r->store);
+    std::cout << runner::report_markdown(r->store, r->options);
     if (!r->csv.empty()) {
-      runner::write_report_csv(r->store, r->csv);
+      runner::write_report_csv(r->store, r->csv, r->options);
       std::cout << "wrote " << r->csv << "\n";
     }
   });

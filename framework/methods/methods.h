@@ -98,7 +98,8 @@ class Method {
 std::unique_ptr<Method> create_method(const std::string& spec, const Json& params = Json::object(),
                                       const std::string& where = "--method");
 
-// Which layers a collage-level parameter such as "1,3" or "name" selects ("all", "" = all layers).
+// Which layers a collage-level parameter such as "1,3" or "name" selects ("all", "" = all layers; "meta:KEY" = the
+// layers whose meta has KEY true or non-zero, an error when no layer has the key at all).
 std::vector<int64_t> select_layers(const Collage& collage, const std::string& selection, const std::string& where,
                                    const std::string& field);
 

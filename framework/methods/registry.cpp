@@ -38,7 +38,8 @@ const std::vector<ComponentInfo>& method_components() {
        {{"pww_weight", "number", 0.5, "w_pos of every layer"}}},
       {"ti", false, "per-layer textual inversion: a learned token per layer, inserted before its text",
        {{"ti_layers", "string", "auto",
-         "layers to learn: auto (all with text except a full-canvas background), all, or indices/names"},
+         "layers to learn: auto (all with text except a full-canvas background), all, indices/names, or meta:KEY "
+         "(the layers whose meta KEY is true, e.g. meta:unnamed_appearance)"},
         {"ti_steps", "int", 250, "optimisation steps"},
         {"ti_lr", "number", 4e-4, "AdamW learning rate"},
         {"ti_warmup", "int", 25, "linear warm-up steps"},
@@ -260,6 +261,22 @@ std::vector<int64_t> select_layers(const Collage& collage, const std::string& se
     item.erase(0, item.find_first_not_of(' '));
     item.erase(item.find_last_not_of(' ') + 1);
     int64_t index = -1;
+    if (item.rfind("meta:", 0) == 0) {  // every layer whose meta has this key true (or a non-zero number)
+      const auto key = item.substr(5);
+      bool any = false;
+      for (int64_t i = 0; i < L; ++i) {
+        const Json& m = collage.layers[i].meta;
+        if (!m.is_object() || !m.contains(key)) continue;
+        any = true;
+        const Json& v = m[key];
+        if ((v.is_boolean() && v.get<bool>()) || (v.is_number() && v.get<double>() != 0))
+          if (std::find(out.begin(), out.end(), i) == out.end()) out.push_back(i);
+      }
+      COLLAGE_CHECK_AT(any, where, field, "'{}': no layer of the collage has the meta key '{}'", item, key);
+      if (p == std::string::npos) break;
+      start = p + 1;
+      continue;
+    }
     if (!item.empty() && std::all_of(item.begin(), item.end(), ::isdigit)) {
       index = std::stoll(item);
       COLLAGE_CHECK_AT(index < L, where, field, "layer index {} out of range (the collage has {} layers)", index, L);

@@ -150,6 +150,10 @@ Json ExperimentConfig::settings() const {
   s["guidance"] = guidance;
   s["scheduler"] = scheduler;
   s["negative_prompt"] = negative_prompt;
+  // A generated dataset's collages are named by seed and index only: options that change them must match.
+  if (dataset.generate && (dataset.kept_strength >= 0 || dataset.unnamed_probability != 0.5))
+    s["dataset_generate"] = {{"kept_strength", dataset.kept_strength},
+                             {"unnamed_probability", dataset.unnamed_probability}};
   return s;
 }
 
@@ -204,7 +208,16 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     c.dataset.n = gr.get<int64_t>("n", 8);
     c.dataset.seed = gr.get<uint64_t>("seed", 0);
     c.dataset.size = gr.get<int64_t>("size", 64);
-    for (const auto& k : gr.unused_keys()) throw Error("unknown key (valid: world, n, seed, size)", path, "dataset.generate." + k);
+    c.dataset.kept_strength = gr.get<double>("kept_strength", -1.0);
+    c.dataset.unnamed_probability = gr.get<double>("unnamed_probability", 0.5);
+    for (const auto& k : gr.unused_keys())
+      throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability)", path,
+                  "dataset.generate." + k);
+    COLLAGE_CHECK_AT(c.dataset.kept_strength < 0 || c.dataset.kept_strength <= 1, path, "dataset.generate.kept_strength",
+                     "must be in [0, 1] (or negative: no kept layer), got {}", c.dataset.kept_strength);
+    COLLAGE_CHECK_AT(c.dataset.unnamed_probability >= 0 && c.dataset.unnamed_probability <= 1, path,
+                     "dataset.generate.unnamed_probability", "must be in [0, 1], got {}",
+                     c.dataset.unnamed_probability);
     COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
                      "unknown world '{}' (valid: shapesworld)", c.dataset.world);
     COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
@@ -349,6 +362,8 @@ std::vector<NamedCollage> load_dataset(const ExperimentConfig& config) {
     datasets::ShapesWorldCollageOptions o;
     o.size = static_cast<int>(config.dataset.size);
     o.seed = config.dataset.seed;
+    o.kept_strength = config.dataset.kept_strength;
+    o.unnamed_probability = config.dataset.unnamed_probability;
     for (int64_t i = 0; i < config.dataset.n; ++i) {
       NamedCollage nc;
       nc.name = fmt::format("sw{}_{:05d}", config.dataset.seed, i);

@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "core/core.h"
 #include "metrics/metrics.h"
@@ -61,15 +62,150 @@ std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows) {
 }
 
 namespace {
-std::vector<ScoreRow> store_rows(const std::string& store) {
+
+bool layer_selected(const Json& layer, const std::string& key) {
+  if (!layer.is_object() || !layer.contains("meta") || !layer["meta"].is_object() || !layer["meta"].contains(key))
+    return false;
+  const Json& v = layer["meta"][key];
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) return v.get<double>() != 0;
+  return false;
+}
+
+std::string direction_word(const std::string& metric, double diff) {
+  const bool higher = !cm::builtin_metrics().has(metric) ||
+                      cm::builtin_metrics().info(metric).direction == cm::Direction::higher_is_better;
+  return (diff > 0) == higher ? "better" : "worse";
+}
+
+}  // namespace
+
+std::vector<ScoreRow> read_layer_scores(const std::string& store, const std::string& layer_key) {
+  h5::Handle file = h5::open_file(store, false);
+  // Per collage: the indices of the selected layers.
+  std::map<std::string, std::vector<size_t>> selected;
+  std::set<std::string> keys_seen;
+  bool any_key = false;
+  for (const auto& name : h5::children(file, "collages")) {
+    h5::Handle g = h5::open_group(file, "collages/" + name);
+    if (!h5::has_attr(g, "layers")) continue;
+    const Json layers = Json::parse(h5::attr_string(g, "layers"));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (layers[i].contains("meta") && layers[i]["meta"].is_object())
+        for (const auto& [k, v] : layers[i]["meta"].items()) keys_seen.insert(k);
+      if (layers[i].contains("meta") && layers[i]["meta"].is_object() && layers[i]["meta"].contains(layer_key))
+        any_key = true;
+      if (layer_selected(layers[i], layer_key)) selected[name].push_back(i);
+    }
+  }
+  if (!any_key) {
+    std::string seen;
+    for (const auto& k : keys_seen) seen += (seen.empty() ? "" : ", ") + k;
+    throw Error(fmt::format("no layer in the store has the meta key '{}' ({}); stores written before layer meta was "
+                            "recorded have none: rerun the sweep into a new store",
+                            layer_key, seen.empty() ? "its layers carry no meta" : "keys found: " + seen),
+                store, "--layers");
+  }
+  std::vector<ScoreRow> rows;
+  for (const auto& name : h5::children(file, "items")) {
+    h5::Handle g = h5::open_group(file, "items/" + name);
+    if (!h5::has_attr(g, "complete") || !h5::exists(g, "scores")) continue;
+    ScoreRow base;
+    base.item = name;
+    base.collage = h5::attr_string(g, "collage");
+    auto sel = selected.find(base.collage);
+    if (sel == selected.end()) continue;
+    base.run_id = h5::attr_string(g, "run_id");
+    base.method = h5::attr_string(g, "method");
+    base.label = h5::attr_string(g, "label");
+    base.seed = static_cast<uint64_t>(h5::attr_int(g, "seed"));
+    h5::Handle sg = h5::open_group(g, "scores");
+    const std::string suffix = ".per_layer";
+    for (const auto& d : h5::children(g, "scores")) {
+      if (d.size() <= suffix.size() || d.compare(d.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+      const auto per_layer = h5::read_doubles(sg, d);
+      double sum = 0;
+      int64_t n = 0;
+      for (size_t i : sel->second)
+        if (i < per_layer.size() && std::isfinite(per_layer[i])) {
+          sum += per_layer[i];
+          ++n;
+        }
+      ScoreRow r = base;
+      r.metric = d.substr(0, d.size() - suffix.size());
+      r.value = n > 0 ? sum / static_cast<double>(n) : std::nan("");
+      rows.push_back(r);
+    }
+  }
+  return rows;
+}
+
+std::vector<PairedRow> paired_differences(const std::vector<ScoreRow>& rows, const std::string& base) {
+  std::map<std::string, std::string> labels;  // run id -> label
+  for (const auto& r : rows) labels[r.run_id] = r.label;
+  std::string base_id;
+  for (const auto& [id, label] : labels)
+    if (id == base || label == base) {
+      COLLAGE_CHECK_AT(base_id.empty(), "", "--paired", "'{}' names more than one run: give its id", base);
+      base_id = id;
+    }
+  if (base_id.empty()) {
+    std::string runs;
+    for (const auto& [id, label] : labels) runs += fmt::format("\n  {}  {}", id, label);
+    throw Error(fmt::format("no run has the id or label '{}'; the runs are:{}", base, runs), "", "--paired");
+  }
+  // (collage, seed, metric) -> base value
+  std::map<std::tuple<std::string, uint64_t, std::string>, double> base_values;
+  for (const auto& r : rows)
+    if (r.run_id == base_id) base_values[{r.collage, r.seed, r.metric}] = r.value;
+  std::map<std::pair<std::string, std::string>, std::vector<double>> diffs;  // (run id, metric) -> differences
+  std::vector<std::pair<std::string, std::string>> order;
+  for (const auto& r : rows) {
+    if (r.run_id == base_id) continue;
+    auto it = base_values.find({r.collage, r.seed, r.metric});
+    if (it == base_values.end() || !std::isfinite(it->second) || !std::isfinite(r.value)) continue;
+    const std::pair<std::string, std::string> key{r.run_id, r.metric};
+    if (!diffs.count(key)) order.push_back(key);
+    diffs[key].push_back(r.value - it->second);
+  }
+  std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+    return std::tie(labels[a.first], a.second) < std::tie(labels[b.first], b.second);
+  });
+  std::vector<PairedRow> out;
+  for (const auto& key : order) {
+    const auto& d = diffs[key];
+    PairedRow p;
+    p.run_id = key.first;
+    p.label = labels[key.first];
+    p.metric = key.second;
+    p.n = static_cast<int64_t>(d.size());
+    double s = 0;
+    for (double x : d) s += x;
+    p.mean = s / static_cast<double>(d.size());
+    double ss = 0;
+    for (double x : d) ss += (x - p.mean) * (x - p.mean);
+    const double sd = d.size() > 1 ? std::sqrt(ss / static_cast<double>(d.size() - 1)) : 0.0;
+    const double half = 1.96 * sd / std::sqrt(static_cast<double>(d.size()));
+    p.lo = p.mean - half;
+    p.hi = p.mean + half;
+    for (double x : d)
+      if (x != 0) (direction_word(p.metric, x) == "better" ? p.better : p.worse)++;
+    out.push_back(p);
+  }
+  return out;
+}
+
+namespace {
+std::vector<ScoreRow> store_rows(const std::string& store, const ReportOptions& options) {
+  if (!options.layers.empty()) return read_layer_scores(store, options.layers);
   auto rows = read_scores_table(store);
   if (rows.empty()) rows = read_scores(store);
   return rows;
 }
 }  // namespace
 
-std::string report_markdown(const std::string& store) {
-  const auto rows = store_rows(store);
+std::string report_markdown(const std::string& store, const ReportOptions& options) {
+  const auto rows = store_rows(store, options);
   const auto summary = summarise(rows);
   std::vector<std::string> metrics_order, runs_order;
   std::map<std::string, std::string> labels;
@@ -86,8 +222,13 @@ std::string report_markdown(const std::string& store) {
   std::ostringstream os;
   std::set<std::string> items;
   for (const auto& r : rows) items.insert(r.item);
-  os << fmt::format("{}: {} items, {} runs; mean and 95 % interval (mean +- 1.96 sd/sqrt(n)) over items\n\n", store,
+  os << fmt::format("{}: {} items, {} runs; mean and 95 % interval (mean +- 1.96 sd/sqrt(n)) over items\n", store,
                     items.size(), runs_order.size());
+  if (!options.layers.empty())
+    os << fmt::format("per-layer scores of the layers whose meta has '{}' (each item: the mean over its such layers; "
+                      "metrics without per-layer values are left out)\n",
+                      options.layers);
+  os << "\n";
   os << "| run | id | n |";
   for (const auto& m : metrics_order) {
     std::string arrow;
@@ -109,6 +250,19 @@ std::string report_markdown(const std::string& store) {
         os << fmt::format(" {:.4f} ± {:.4f} |", it->second->mean, it->second->hi - it->second->mean);
     }
     os << "\n";
+  }
+  if (!options.paired.empty()) {
+    const auto paired = paired_differences(rows, options.paired);
+    std::string base_label = options.paired;
+    for (const auto& r : rows)
+      if (r.run_id == options.paired) base_label = r.label;
+    os << fmt::format("\npaired with '{}' (same collage and seed): difference run - base, mean and 95 % interval; "
+                      "better / worse = pairs where the run scores better / worse by the metric's direction\n\n",
+                      base_label);
+    os << "| run | metric | pairs | mean difference | 95 % interval | better | worse |\n|---|---|---:|---:|---|---:|---:|\n";
+    for (const auto& p : paired)
+      os << fmt::format("| {} | {} | {} | {:+.4f} | {:+.4f} .. {:+.4f} | {} | {} |\n", p.label, p.metric, p.n, p.mean,
+                        p.lo, p.hi, p.better, p.worse);
   }
   // Why a column shows '-': the skip reasons the store recorded (first reason per metric, item count).
   std::map<std::string, std::pair<std::string, int64_t>> skipped;
@@ -133,8 +287,8 @@ std::string report_markdown(const std::string& store) {
   return os.str();
 }
 
-void write_report_csv(const std::string& store, const std::string& csv_path) {
-  const auto summary = summarise(store_rows(store));
+void write_report_csv(const std::string& store, const std::string& csv_path, const ReportOptions& options) {
+  const auto summary = summarise(store_rows(store, options));
   std::ofstream out(csv_path);
   COLLAGE_CHECK_AT(out.good(), csv_path, "", "cannot write the CSV file");
   auto quote = [](const std::string& s) {

@@ -40,6 +40,8 @@ struct DatasetSpec {
   int64_t n = 8;
   uint64_t seed = 0;
   int64_t size = 64;
+  double kept_strength = -1;         // see datasets::ShapesWorldCollageOptions
+  double unnamed_probability = 0.5;
 };
 
 // The iterative editing protocol (config key "editing"): per collage, start from the outputs of one run (all
@@ -144,7 +146,34 @@ struct ReportRow {
   double mean = 0, sd = 0, lo = 0, hi = 0;  // 95 %: mean +- 1.96 sd / sqrt(n)
 };
 std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows);
-std::string report_markdown(const std::string& store);
-void write_report_csv(const std::string& store, const std::string& csv_path);
+
+// What a report aggregates.
+struct ReportOptions {
+  // "" = each item's value (the mean over its object layers). Otherwise a key of the layers' meta (e.g.
+  // "unnamed_appearance", "kept"): each item's score is the mean of its per-layer values over the layers whose
+  // meta has that key true (or a non-zero number); metrics without per-layer values and items without such a
+  // layer drop out.
+  std::string layers;
+  // "" = no comparison. Otherwise a run id or label: every other run is paired with it item by item (same
+  // collage and seed) and the differences (run - base) summarised.
+  std::string paired;
+};
+
+// The per-layer scores of the layers selected by `layer_key` (see ReportOptions::layers), one row per item and
+// metric. Throws collage::Error naming the store and --layers when no layer in the store has the key.
+std::vector<ScoreRow> read_layer_scores(const std::string& store, const std::string& layer_key);
+
+// One run against the base run: differences (run - base) over items matched on collage and seed.
+struct PairedRow {
+  std::string run_id, label, metric;
+  int64_t n = 0;                // pairs where both values are finite
+  double mean = 0, lo = 0, hi = 0;  // mean difference and its 95 % interval (mean +- 1.96 sd / sqrt(n))
+  int64_t better = 0, worse = 0;    // pairs where the run is better / worse than the base (metric direction)
+};
+// `base`: a run id or label present in `rows` (else collage::Error listing the runs).
+std::vector<PairedRow> paired_differences(const std::vector<ScoreRow>& rows, const std::string& base);
+
+std::string report_markdown(const std::string& store, const ReportOptions& options = {});
+void write_report_csv(const std::string& store, const std::string& csv_path, const ReportOptions& options = {});
 
 }  // namespace collage::runner

@@ -123,7 +123,8 @@ void write_collage_entry(hid_t file, const NamedCollage& nc) {
   h5::write_array(g, "composite", H5T_NATIVE_UINT8, dims, composite.data_ptr<uint8_t>());
   h5::set_attr(g, "prompt", nc.collage.prompt);
   Json layers = Json::array();
-  for (const auto& l : nc.collage.layers) layers.push_back({{"name", l.name}, {"text", l.text}});
+  for (const auto& l : nc.collage.layers)
+    layers.push_back({{"name", l.name}, {"text", l.text}, {"noise_strength", l.noise_strength}, {"meta", l.meta}});
   h5::set_attr(g, "layers", layers.dump());
   h5::set_attr(g, "source", nc.collage.file.empty() ? std::string("generated") : nc.collage.file);
 }

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <set>
+
 #include "core/core.h"
 #include "datasets/collage_datasets.h"
 #include "datasets/shapesworld/shapesworld.h"
@@ -59,4 +61,33 @@ TEST(ShapesWorldCollages, DatasetFolderWithIndex) {
   EXPECT_TRUE(torch::allclose(flatten(c), flatten(datasets::make_shapesworld_collage(3, o)), 0, 2.0 / 255));
   auto msg = test::expect_error([&] { datasets::make_shapesworld_dataset(0, o, dir); });
   EXPECT_NE(msg.find("--n"), std::string::npos);
+}
+
+TEST(ShapesWorldCollages, KeptLayerChangesOnlyOneLayersStrength) {
+  datasets::ShapesWorldCollageOptions plain, kept = plain;
+  plain.seed = kept.seed = 5;
+  kept.kept_strength = 0.25;
+  std::set<size_t> chosen;
+  for (uint64_t i = 0; i < 20; ++i) {
+    auto a = datasets::make_shapesworld_collage(i, plain), b = datasets::make_shapesworld_collage(i, kept);
+    // The same collage otherwise: prompt, texts and pixels.
+    ASSERT_EQ(a.prompt, b.prompt);
+    ASSERT_EQ(a.layers.size(), b.layers.size());
+    ASSERT_TRUE(torch::equal(flatten(a), flatten(b)));
+    int64_t n_kept = 0;
+    EXPECT_FALSE(b.layers[0].meta.contains("kept") && b.layers[0].meta["kept"].get<bool>());  // never the background
+    for (size_t k = 0; k < b.layers.size(); ++k) {
+      EXPECT_EQ(a.layers[k].text, b.layers[k].text);
+      const bool is_kept = b.layers[k].meta.value("kept", false);
+      n_kept += is_kept;
+      if (is_kept) chosen.insert(k);
+      EXPECT_DOUBLE_EQ(b.layers[k].noise_strength, is_kept ? 0.25 : plain.noise_strength) << i << " " << k;
+      EXPECT_FALSE(a.layers[k].meta.contains("kept"));
+    }
+    EXPECT_EQ(n_kept, 1) << "collage " << i;
+  }
+  EXPECT_GT(chosen.size(), 1u);  // not always the same layer
+  kept.kept_strength = 1.5;
+  auto msg = test::expect_error([&] { datasets::make_shapesworld_collage(0, kept); });
+  EXPECT_NE(msg.find("kept_strength"), std::string::npos) << msg;
 }

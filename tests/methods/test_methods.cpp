@@ -329,3 +329,21 @@ TEST(Methods, BaselinesAndBasesRun) {
   auto msg = test::expect_error([&] { create_method("sdedit")->run(c, *sd, rs); });
   EXPECT_NE(msg.find("scene/collage.json"), std::string::npos) << msg;
 }
+
+TEST(Methods, LayerSelectionByMeta) {
+  Collage c;
+  c.width = c.height = 8;
+  for (int i = 0; i < 4; ++i) {
+    Layer l;
+    l.name = fmt::format("l{}", i);
+    l.text = "x";
+    l.rgba = at::ones({4, 8, 8});
+    if (i > 0) l.meta = Json{{"unnamed_appearance", i != 2}, {"weight", i == 2 ? 1.0 : 0.0}};
+    c.layers.push_back(l);
+  }
+  EXPECT_EQ(select_layers(c, "meta:unnamed_appearance", "p", "params.ti_layers"), (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(select_layers(c, "meta:weight, 0", "p", "params.ti_layers"), (std::vector<int64_t>{0, 2}));
+  auto msg = test::expect_error([&] { select_layers(c, "meta:kept", "p", "params.ti_layers"); });
+  EXPECT_NE(msg.find("params.ti_layers"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("kept"), std::string::npos) << msg;
+}

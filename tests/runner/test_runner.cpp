@@ -378,3 +378,103 @@ TEST(RunnerSweep, EditingChainsContinueFromTheBestSeedAndResume) {
   expect_same_scores(full, dir + "/merged.h5");
   fs::remove_all(dir);
 }
+
+TEST(RunnerReport, PairedDifferencesMatchItemsAndFollowTheMetricDirection) {
+  std::vector<ScoreRow> rows;
+  auto add = [&](const std::string& run, const std::string& collage, uint64_t seed, const std::string& metric,
+                 double v) {
+    ScoreRow r;
+    r.run_id = run;
+    r.label = run == "b0" ? "base run" : "other run";
+    r.method = "m";
+    r.collage = collage;
+    r.seed = seed;
+    r.item = collage + run + std::to_string(seed);
+    r.metric = metric;
+    r.value = v;
+    rows.push_back(r);
+  };
+  // ciede2000: lower is better. Pairs (a,0) -3, (a,1) +1, (b,0) 0 (a tie); (b,1) has NaN; (c,0) has no base.
+  add("b0", "a", 0, "ciede2000", 10), add("r1", "a", 0, "ciede2000", 7);
+  add("b0", "a", 1, "ciede2000", 12), add("r1", "a", 1, "ciede2000", 13);
+  add("b0", "b", 0, "ciede2000", 8), add("r1", "b", 0, "ciede2000", 8);
+  add("b0", "b", 1, "ciede2000", std::nan("")), add("r1", "b", 1, "ciede2000", 1);
+  add("r1", "c", 0, "ciede2000", 0);
+  // ssim: higher is better.
+  add("b0", "a", 0, "ssim", 0.5), add("r1", "a", 0, "ssim", 0.6);
+  add("b0", "a", 1, "ssim", 0.5), add("r1", "a", 1, "ssim", 0.7);
+  for (const std::string base : {"b0", "base run"}) {
+    const auto p = paired_differences(rows, base);
+    ASSERT_EQ(p.size(), 2u);
+    EXPECT_EQ(p[0].metric, "ciede2000");
+    EXPECT_EQ(p[0].run_id, "r1");
+    EXPECT_EQ(p[0].n, 3);
+    EXPECT_NEAR(p[0].mean, -2.0 / 3.0, 1e-12);
+    EXPECT_EQ(p[0].better, 1);  // lower
+    EXPECT_EQ(p[0].worse, 1);
+    const double sd = std::sqrt(((-3 + 2.0 / 3) * (-3 + 2.0 / 3) + (1 + 2.0 / 3) * (1 + 2.0 / 3) + (2.0 / 3) * (2.0 / 3)) / 2);
+    EXPECT_NEAR(p[0].hi - p[0].mean, 1.96 * sd / std::sqrt(3.0), 1e-12);
+    EXPECT_EQ(p[1].metric, "ssim");
+    EXPECT_NEAR(p[1].mean, 0.15, 1e-12);
+    EXPECT_EQ(p[1].better, 2);
+  }
+  auto e = test::expect_error([&] { paired_differences(rows, "nope"); });
+  EXPECT_NE(e.find("--paired"), std::string::npos) << e;
+  EXPECT_NE(e.find("base run"), std::string::npos) << e;  // lists the runs
+}
+
+// A generated dataset with a kept layer: the store records layer meta, `--layers kept` scores exactly the kept
+// layer's per-layer values, and `--paired` compares the runs item by item.
+TEST(RunnerReport, LayersSelectedByTheirMetaOnAGeneratedDataset) {
+  const auto dir = make_temp("layers");
+  const auto model = tiny_model(dir);
+  const auto config = parse_config_text(R"({
+  "dataset": {"generate": {"world": "shapesworld", "n": 2, "seed": 4, "size": 32, "kept_strength": 0.2}},
+  "model": ")" + model + R"(",
+  "seeds": [0, 1],
+  "steps": 3,
+  "metrics": ["ciede2000", "ssim", "mask_iou"],
+  "segmenter": "appearance",
+  "runs": [{"method": "sdedit", "params": {"strength": 0.8}}, {"method": "sdedit+ln", "params": {"strength": 0.8}}]
+})", "layers.json");
+  const std::string store = dir + "/s.h5";
+  run_sweep(config, quiet(store));
+
+  h5::Handle file = h5::open_file(store, false);
+  std::map<std::string, size_t> kept_layer;  // collage -> index of its kept layer
+  for (const auto& name : h5::children(file, "collages")) {
+    h5::Handle g = h5::open_group(file, "collages/" + name);
+    const auto layers = Json::parse(h5::attr_string(g, "layers"));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      ASSERT_TRUE(layers[i].contains("noise_strength"));
+      if (layers[i]["meta"].value("kept", false)) {
+        kept_layer[name] = i;
+        EXPECT_DOUBLE_EQ(layers[i]["noise_strength"].get<double>(), 0.2);
+      }
+    }
+  }
+  ASSERT_EQ(kept_layer.size(), 2u);
+  const auto rows = read_layer_scores(store, "kept");
+  EXPECT_EQ(rows.size(), list_items(store).size() * 3);  // every item x the three per-layer metrics
+  for (const auto& r : rows) {
+    h5::Handle s = h5::open_group(file, "items/" + r.item + "/scores");
+    const auto per_layer = h5::read_doubles(s, r.metric + ".per_layer");
+    const double expected = per_layer.at(kept_layer.at(r.collage));
+    if (std::isnan(expected))
+      EXPECT_TRUE(std::isnan(r.value)) << r.item << " " << r.metric;
+    else
+      EXPECT_DOUBLE_EQ(r.value, expected) << r.item << " " << r.metric;
+  }
+  ReportOptions o;
+  o.layers = "kept";
+  o.paired = "sdedit strength=0.8";
+  const auto md = report_markdown(store, o);
+  EXPECT_NE(md.find("meta has 'kept'"), std::string::npos) << md;
+  EXPECT_NE(md.find("paired with 'sdedit strength=0.8'"), std::string::npos) << md;
+  EXPECT_NE(md.find("| sdedit+ln strength=0.8 | ciede2000 | 4 |"), std::string::npos) << md;
+
+  auto e = test::expect_error([&] { read_layer_scores(store, "no_such_key"); });
+  EXPECT_NE(e.find("--layers"), std::string::npos) << e;
+  EXPECT_NE(e.find("kept"), std::string::npos) << e;  // lists the keys there are
+  fs::remove_all(dir);
+}
