@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import textwrap
 from collections import OrderedDict, defaultdict
 
 import h5py
@@ -125,7 +126,8 @@ def grid_figure(f, path, max_collages, seed):
             if name in items:
                 ax.imshow(items[name]["image"][:], interpolation="nearest")
             if r == 0:
-                ax.set_title(rs[rid]["label"] + f" (seed {seed})", fontsize=6)
+                # Long labels (many parameters) wrap instead of running into the next column's title.
+                ax.set_title("\n".join(textwrap.wrap(rs[rid]["label"] + f" (seed {seed})", 30)), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
