@@ -7,6 +7,9 @@
 #include "cli/common.h"
 #include "core/core.h"
 #include "core/paths.h"
+#include "models/clip_text_model.h"
+#include "models/clip_tokenizer.h"
+#include "models/text_states.h"
 #include "training/clip_trainer.h"
 #include "training/trainer.h"
 
@@ -160,6 +163,36 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
         r.exact, r.prompts, 100.0 * r.exact / std::max<int64_t>(1, r.prompts),
         r.held_out_found, r.prompts, 100.0 * r.held_out_found / std::max<int64_t>(1, r.prompts), r.objects_found,
         r.objects, r.seconds);
+  });
+
+  struct TextDiffArgs {
+    std::string model, a, b;
+  };
+  auto td = std::make_shared<TextDiffArgs>();
+  auto* tdc = app.add_subcommand("text-diff",
+                                 "how far the text encoder's per-token states of two prompts are apart (does it see "
+                                 "the word that differs?)");
+  tdc->add_option("a", td->a, "first prompt")->required();
+  tdc->add_option("b", td->b, "second prompt")->required();
+  tdc->add_option("--model", td->model,
+                  "a pipeline folder (its tokenizer/ and text_encoder/) or a CLIP / CLIPTextModel folder with "
+                  "tokenizer files (default: the embedded model)");
+  tdc->callback([td, &global] {
+    apply_runtime(global);
+    std::string model = td->model.empty() ? default_model_dir() : td->model;
+    COLLAGE_CHECK_AT(!model.empty(), "", "--model", "no model given and no embedded default model found");
+    const bool pipeline = fs::is_directory(fs::path(model) / "text_encoder");
+    const auto tok_dir = pipeline ? (fs::path(model) / "tokenizer").string() : model;
+    const auto te_dir = pipeline ? (fs::path(model) / "text_encoder").string() : model;
+    auto tokenizer = ClipTokenizer::from_folder(tok_dir);
+    auto text_encoder = ClipTextModelImpl::load(te_dir);
+    text_encoder->eval();
+    const auto d = compare_text_states(*text_encoder, tokenizer, td->a, td->b);
+    std::cout << fmt::format("{}: last hidden states of\n  a: {}\n  b: {}\n\n", te_dir, td->a, td->b);
+    std::cout << "| pos | token a | token b | relative L2 |a-b|/|a| | cosine |\n|---:|---|---|---:|---:|\n";
+    for (const auto& x : d)
+      std::cout << fmt::format("| {} | {} | {} | {:.4f} | {:.4f} |\n", x.position, x.token_a, x.token_b, x.relative_l2,
+                               x.cosine);
   });
 }
 

@@ -5,6 +5,8 @@
 
 #include "core/core.h"
 #include "models/clip_text_model.h"
+#include "models/clip_tokenizer.h"
+#include "models/text_states.h"
 #include "parity/parity.h"
 #include "test_util.h"
 
@@ -215,4 +217,24 @@ TEST(ClipTextModel, CheckerDetectsAWrongActivation) {
   EXPECT_TRUE(pass.at("hidden_states.0"));  // embeddings do not use the activation
   EXPECT_FALSE(pass.at("hidden_states.1"));
   EXPECT_FALSE(pass.at("last_hidden_state"));
+}
+
+// The text-diff diagnostic: identical prompts are 0 apart; with a causal mask, positions before the first
+// differing token are equal (up to float rounding between batch rows) and the differing token is not; the
+// table stops after the later eos.
+TEST(TextStates, ZeroBeforeTheDifferingTokenAndNonZeroFromIt) {
+  auto te = ClipTextModelImpl::load(test::golden("text_encoder_sd1"));
+  te->eval();
+  auto tok = ClipTokenizer::from_folder(test::golden("tokenizer"));
+  const auto same = compare_text_states(*te, tok, "a red circle on grass", "a red circle on grass");
+  ASSERT_EQ(same.size(), 7u);  // bos + 5 words + eos
+  for (const auto& d : same) EXPECT_LT(d.relative_l2, 1e-5);
+  const auto diff = compare_text_states(*te, tok, "a red circle on grass", "a red star on grass in the sky");
+  ASSERT_EQ(diff.size(), 10u);  // the longer prompt's bos + 8 words + eos
+  EXPECT_EQ(diff[3].token_a, "circle");
+  EXPECT_EQ(diff[3].token_b, "star");
+  for (int i = 0; i < 3; ++i) EXPECT_LT(diff[i].relative_l2, 1e-5) << i;
+  EXPECT_GT(diff[3].relative_l2, 1e-3);
+  EXPECT_LT(diff[3].cosine, 1.0);
+  EXPECT_EQ(diff[9].token_a, "");  // past prompt a's eos
 }
