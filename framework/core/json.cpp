@@ -17,6 +17,14 @@ Json read_json_file(const std::string& path) {
   }
 }
 
+bool json_flag(const Json& object, const std::string& key, bool* has_key) {
+  const bool has = object.is_object() && object.contains(key);
+  if (has_key) *has_key = has;
+  if (!has) return false;
+  const Json& v = object[key];
+  return (v.is_boolean() && v.get<bool>()) || (v.is_number() && v.get<double>() != 0);
+}
+
 void write_json_file(const std::string& path, const Json& value, int indent) {
   const std::string tmp = path + ".tmp";
   {

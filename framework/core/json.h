@@ -18,6 +18,10 @@ using Json = nlohmann::json;
 Json read_json_file(const std::string& path);
 void write_json_file(const std::string& path, const Json& value, int indent = 2);
 
+// A flag of a free-form object such as a layer's meta: true when `object` has `key` set to true or to a
+// non-zero number. has_key (optional) tells whether the key is there at all.
+bool json_flag(const Json& object, const std::string& key, bool* has_key = nullptr);
+
 // Reads typed fields of one JSON object, remembering which keys were used, so that a config loader can
 // report the unknown ones. Errors name the file and the key.
 class JsonReader {

@@ -265,12 +265,10 @@ std::vector<int64_t> select_layers(const Collage& collage, const std::string& se
       const auto key = item.substr(5);
       bool any = false;
       for (int64_t i = 0; i < L; ++i) {
-        const Json& m = collage.layers[i].meta;
-        if (!m.is_object() || !m.contains(key)) continue;
-        any = true;
-        const Json& v = m[key];
-        if ((v.is_boolean() && v.get<bool>()) || (v.is_number() && v.get<double>() != 0))
-          if (std::find(out.begin(), out.end(), i) == out.end()) out.push_back(i);
+        bool has = false;
+        if (json_flag(collage.layers[i].meta, key, &has) && std::find(out.begin(), out.end(), i) == out.end())
+          out.push_back(i);
+        any = any || has;
       }
       COLLAGE_CHECK_AT(any, where, field, "'{}': no layer of the collage has the meta key '{}'", item, key);
       if (p == std::string::npos) break;

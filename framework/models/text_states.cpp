@@ -22,15 +22,15 @@ std::vector<TokenStateDifference> compare_text_states(ClipTextModelImpl& text_en
     const auto eos = std::find(v.begin() + 1, v.end(), tokenizer.eos_id());
     return eos == v.end() ? L : static_cast<int64_t>(eos - v.begin()) + 1;
   };
-  const int64_t n = std::max(end_of(ids_a), end_of(ids_b));
+  const int64_t end_a = end_of(ids_a), end_b = end_of(ids_b), n = std::max(end_a, end_b);
   const auto rel = ((h[0] - h[1]).norm(2, 1) / h[0].norm(2, 1).clamp_min(1e-12));
   const auto cos = torch::cosine_similarity(h[0], h[1], 1);
   std::vector<TokenStateDifference> out;
   for (int64_t i = 0; i < n; ++i) {
     TokenStateDifference d;
     d.position = i;
-    d.token_a = i < end_of(ids_a) ? text_of(ids_a[i]) : "";
-    d.token_b = i < end_of(ids_b) ? text_of(ids_b[i]) : "";
+    d.token_a = i < end_a ? text_of(ids_a[i]) : "";
+    d.token_b = i < end_b ? text_of(ids_b[i]) : "";
     d.relative_l2 = rel[i].item<double>();
     d.cosine = cos[i].item<double>();
     out.push_back(d);

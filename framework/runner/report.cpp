@@ -16,6 +16,52 @@ namespace cm = collage::metrics;
 
 namespace collage::runner {
 
+namespace {
+
+// Mean, sd (n - 1) and the 95 % interval mean +- 1.96 sd / sqrt(n) of a non-empty sample.
+struct MeanInterval {
+  double mean = 0, sd = 0, lo = 0, hi = 0;
+};
+MeanInterval mean_interval(const std::vector<double>& v) {
+  MeanInterval m;
+  for (double x : v) m.mean += x;
+  m.mean /= static_cast<double>(v.size());
+  double ss = 0;
+  for (double x : v) ss += (x - m.mean) * (x - m.mean);
+  m.sd = v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0;
+  const double half = 1.96 * m.sd / std::sqrt(static_cast<double>(v.size()));
+  m.lo = m.mean - half;
+  m.hi = m.mean + half;
+  return m;
+}
+
+// Whether a difference (run - base) of `metric` is an improvement (unknown metrics: higher is better).
+bool improves(const std::string& metric, double diff) {
+  const bool higher = !cm::builtin_metrics().has(metric) ||
+                      cm::builtin_metrics().info(metric).direction == cm::Direction::higher_is_better;
+  return (diff > 0) == higher;
+}
+
+// The id of the run named by `base` (an id or a label); errors name --paired and list the runs.
+std::string resolve_run(const std::vector<ScoreRow>& rows, const std::string& base) {
+  std::map<std::string, std::string> labels;  // run id -> label
+  for (const auto& r : rows) labels[r.run_id] = r.label;
+  std::string id;
+  for (const auto& [run_id, label] : labels)
+    if (run_id == base || label == base) {
+      COLLAGE_CHECK_AT(id.empty(), "", "--paired", "'{}' names more than one run: give its id", base);
+      id = run_id;
+    }
+  if (id.empty()) {
+    std::string runs;
+    for (const auto& [run_id, label] : labels) runs += fmt::format("\n  {}  {}", run_id, label);
+    throw Error(fmt::format("no run has the id or label '{}'; the runs are:{}", base, runs), "", "--paired");
+  }
+  return id;
+}
+
+}  // namespace
+
 std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows) {
   // Runs in order of first appearance sorted by label; metrics in order of first appearance.
   std::map<std::pair<std::string, std::string>, std::vector<double>> values;
@@ -46,114 +92,22 @@ std::vector<ReportRow> summarise(const std::vector<ScoreRow>& rows) {
       if (v.empty()) {
         rr.mean = rr.sd = rr.lo = rr.hi = std::nan("");
       } else {
-        double s = 0;
-        for (double x : v) s += x;
-        rr.mean = s / static_cast<double>(v.size());
-        double ss = 0;
-        for (double x : v) ss += (x - rr.mean) * (x - rr.mean);
-        rr.sd = v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0;
-        const double half = 1.96 * rr.sd / std::sqrt(static_cast<double>(v.size()));
-        rr.lo = rr.mean - half;
-        rr.hi = rr.mean + half;
+        const auto m = mean_interval(v);
+        rr.mean = m.mean;
+        rr.sd = m.sd;
+        rr.lo = m.lo;
+        rr.hi = m.hi;
       }
       out.push_back(rr);
     }
   return out;
 }
 
-namespace {
-
-bool layer_selected(const Json& layer, const std::string& key) {
-  if (!layer.is_object() || !layer.contains("meta") || !layer["meta"].is_object() || !layer["meta"].contains(key))
-    return false;
-  const Json& v = layer["meta"][key];
-  if (v.is_boolean()) return v.get<bool>();
-  if (v.is_number()) return v.get<double>() != 0;
-  return false;
-}
-
-std::string direction_word(const std::string& metric, double diff) {
-  const bool higher = !cm::builtin_metrics().has(metric) ||
-                      cm::builtin_metrics().info(metric).direction == cm::Direction::higher_is_better;
-  return (diff > 0) == higher ? "better" : "worse";
-}
-
-}  // namespace
-
-std::vector<ScoreRow> read_layer_scores(const std::string& store, const std::string& layer_key) {
-  h5::Handle file = h5::open_file(store, false);
-  // Per collage: the indices of the selected layers.
-  std::map<std::string, std::vector<size_t>> selected;
-  std::set<std::string> keys_seen;
-  bool any_key = false;
-  for (const auto& name : h5::children(file, "collages")) {
-    h5::Handle g = h5::open_group(file, "collages/" + name);
-    if (!h5::has_attr(g, "layers")) continue;
-    const Json layers = Json::parse(h5::attr_string(g, "layers"));
-    for (size_t i = 0; i < layers.size(); ++i) {
-      if (layers[i].contains("meta") && layers[i]["meta"].is_object())
-        for (const auto& [k, v] : layers[i]["meta"].items()) keys_seen.insert(k);
-      if (layers[i].contains("meta") && layers[i]["meta"].is_object() && layers[i]["meta"].contains(layer_key))
-        any_key = true;
-      if (layer_selected(layers[i], layer_key)) selected[name].push_back(i);
-    }
-  }
-  if (!any_key) {
-    std::string seen;
-    for (const auto& k : keys_seen) seen += (seen.empty() ? "" : ", ") + k;
-    throw Error(fmt::format("no layer in the store has the meta key '{}' ({}); stores written before layer meta was "
-                            "recorded have none: rerun the sweep into a new store",
-                            layer_key, seen.empty() ? "its layers carry no meta" : "keys found: " + seen),
-                store, "--layers");
-  }
-  std::vector<ScoreRow> rows;
-  for (const auto& name : h5::children(file, "items")) {
-    h5::Handle g = h5::open_group(file, "items/" + name);
-    if (!h5::has_attr(g, "complete") || !h5::exists(g, "scores")) continue;
-    ScoreRow base;
-    base.item = name;
-    base.collage = h5::attr_string(g, "collage");
-    auto sel = selected.find(base.collage);
-    if (sel == selected.end()) continue;
-    base.run_id = h5::attr_string(g, "run_id");
-    base.method = h5::attr_string(g, "method");
-    base.label = h5::attr_string(g, "label");
-    base.seed = static_cast<uint64_t>(h5::attr_int(g, "seed"));
-    h5::Handle sg = h5::open_group(g, "scores");
-    const std::string suffix = ".per_layer";
-    for (const auto& d : h5::children(g, "scores")) {
-      if (d.size() <= suffix.size() || d.compare(d.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
-      const auto per_layer = h5::read_doubles(sg, d);
-      double sum = 0;
-      int64_t n = 0;
-      for (size_t i : sel->second)
-        if (i < per_layer.size() && std::isfinite(per_layer[i])) {
-          sum += per_layer[i];
-          ++n;
-        }
-      ScoreRow r = base;
-      r.metric = d.substr(0, d.size() - suffix.size());
-      r.value = n > 0 ? sum / static_cast<double>(n) : std::nan("");
-      rows.push_back(r);
-    }
-  }
-  return rows;
-}
 
 std::vector<PairedRow> paired_differences(const std::vector<ScoreRow>& rows, const std::string& base) {
+  const std::string base_id = resolve_run(rows, base);
   std::map<std::string, std::string> labels;  // run id -> label
   for (const auto& r : rows) labels[r.run_id] = r.label;
-  std::string base_id;
-  for (const auto& [id, label] : labels)
-    if (id == base || label == base) {
-      COLLAGE_CHECK_AT(base_id.empty(), "", "--paired", "'{}' names more than one run: give its id", base);
-      base_id = id;
-    }
-  if (base_id.empty()) {
-    std::string runs;
-    for (const auto& [id, label] : labels) runs += fmt::format("\n  {}  {}", id, label);
-    throw Error(fmt::format("no run has the id or label '{}'; the runs are:{}", base, runs), "", "--paired");
-  }
   // (collage, seed, metric) -> base value
   std::map<std::tuple<std::string, uint64_t, std::string>, double> base_values;
   for (const auto& r : rows)
@@ -179,17 +133,12 @@ std::vector<PairedRow> paired_differences(const std::vector<ScoreRow>& rows, con
     p.label = labels[key.first];
     p.metric = key.second;
     p.n = static_cast<int64_t>(d.size());
-    double s = 0;
-    for (double x : d) s += x;
-    p.mean = s / static_cast<double>(d.size());
-    double ss = 0;
-    for (double x : d) ss += (x - p.mean) * (x - p.mean);
-    const double sd = d.size() > 1 ? std::sqrt(ss / static_cast<double>(d.size() - 1)) : 0.0;
-    const double half = 1.96 * sd / std::sqrt(static_cast<double>(d.size()));
-    p.lo = p.mean - half;
-    p.hi = p.mean + half;
+    const auto m = mean_interval(d);
+    p.mean = m.mean;
+    p.lo = m.lo;
+    p.hi = m.hi;
     for (double x : d)
-      if (x != 0) (direction_word(p.metric, x) == "better" ? p.better : p.worse)++;
+      if (x != 0) (improves(p.metric, x) ? p.better : p.worse)++;
     out.push_back(p);
   }
   return out;
@@ -253,9 +202,10 @@ std::string report_markdown(const std::string& store, const ReportOptions& optio
   }
   if (!options.paired.empty()) {
     const auto paired = paired_differences(rows, options.paired);
-    std::string base_label = options.paired;
+    const std::string base_id = resolve_run(rows, options.paired);
+    std::string base_label;
     for (const auto& r : rows)
-      if (r.run_id == options.paired) base_label = r.label;
+      if (r.run_id == base_id) base_label = r.label;
     os << fmt::format("\npaired with '{}' (same collage and seed): difference run - base, mean and 95 % interval; "
                       "better / worse = pairs where the run scores better / worse by the metric's direction\n\n",
                       base_label);

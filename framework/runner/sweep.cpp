@@ -22,6 +22,14 @@ namespace cm = collage::metrics;
 namespace collage::runner {
 
 namespace {
+// Per-layer values of a score are stored beside it as "<metric>.per_layer".
+const std::string kPerLayer = ".per_layer";
+bool is_per_layer(const std::string& name) {
+  return name.size() > kPerLayer.size() && name.compare(name.size() - kPerLayer.size(), kPerLayer.size(), kPerLayer) == 0;
+}
+}  // namespace
+
+namespace {
 
 double now() {
   using namespace std::chrono;
@@ -96,7 +104,7 @@ void write_item(hid_t file, const ItemRecord& r) {
       h5::Handle d(H5Dopen2(s, metric.c_str(), H5P_DEFAULT));
       h5::set_attr(d, "skip_reason", v.skip_reason);
     }
-    if (!v.per_layer.empty()) h5::write_doubles(s, metric + ".per_layer", v.per_layer);
+    if (!v.per_layer.empty()) h5::write_doubles(s, metric + kPerLayer, v.per_layer);
   }
   if (r.latents.defined()) write_float_tensor(g, "latents", r.latents);
   if (r.attention.defined()) write_float_tensor(g, "attention", r.attention);
@@ -492,25 +500,88 @@ Json read_item_attrs(const std::string& store, const std::string& item) {
   return j;
 }
 
+namespace {
+
+// An item's identifying columns (everything but metric and value).
+ScoreRow item_row(hid_t item, const std::string& name) {
+  ScoreRow r;
+  r.item = name;
+  r.collage = h5::attr_string(item, "collage");
+  r.run_id = h5::attr_string(item, "run_id");
+  r.method = h5::attr_string(item, "method");
+  r.label = h5::attr_string(item, "label");
+  r.seed = static_cast<uint64_t>(h5::attr_int(item, "seed"));
+  return r;
+}
+
+}  // namespace
+
 std::vector<ScoreRow> read_scores(const std::string& store) {
   h5::Handle file = h5::open_file(store, false);
   std::vector<ScoreRow> rows;
   for (const auto& name : h5::children(file, "items")) {
     if (!item_complete(file, name)) continue;
     h5::Handle g = h5::open_group(file, "items/" + name);
-    ScoreRow base;
-    base.item = name;
-    base.collage = h5::attr_string(g, "collage");
-    base.run_id = h5::attr_string(g, "run_id");
-    base.method = h5::attr_string(g, "method");
-    base.label = h5::attr_string(g, "label");
-    base.seed = static_cast<uint64_t>(h5::attr_int(g, "seed"));
+    const ScoreRow base = item_row(g, name);
+    h5::Handle s = h5::open_group(g, "scores");
     for (const auto& metric : h5::children(g, "scores")) {
-      if (metric.size() > 10 && metric.substr(metric.size() - 10) == ".per_layer") continue;
+      if (is_per_layer(metric)) continue;
       ScoreRow r = base;
       r.metric = metric;
-      h5::Handle s = h5::open_group(g, "scores");
       r.value = h5::read_double(s, metric);
+      rows.push_back(r);
+    }
+  }
+  return rows;
+}
+
+std::vector<ScoreRow> read_layer_scores(const std::string& store, const std::string& layer_key) {
+  h5::Handle file = h5::open_file(store, false);
+  std::map<std::string, std::vector<size_t>> selected;  // collage -> indices of the flagged layers
+  std::set<std::string> keys_seen;
+  bool any_key = false;
+  for (const auto& name : h5::children(file, "collages")) {
+    h5::Handle g = h5::open_group(file, "collages/" + name);
+    if (!h5::has_attr(g, "layers")) continue;
+    const Json layers = Json::parse(h5::attr_string(g, "layers"));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Json meta = layers[i].value("meta", Json());
+      if (meta.is_object())
+        for (const auto& [k, v] : meta.items()) keys_seen.insert(k);
+      bool has = false;
+      if (json_flag(meta, layer_key, &has)) selected[name].push_back(i);
+      any_key = any_key || has;
+    }
+  }
+  if (!any_key) {
+    const std::string found =
+        keys_seen.empty() ? "its layers carry no meta" : fmt::format("keys found: {}", fmt::join(keys_seen, ", "));
+    throw Error(fmt::format("no layer in the store has the meta key '{}' ({}); stores written before layer meta was "
+                            "recorded have none: rerun the sweep into a new store",
+                            layer_key, found),
+                store, "--layers");
+  }
+  std::vector<ScoreRow> rows;
+  for (const auto& name : h5::children(file, "items")) {
+    if (!item_complete(file, name)) continue;
+    h5::Handle g = h5::open_group(file, "items/" + name);
+    const ScoreRow base = item_row(g, name);
+    auto sel = selected.find(base.collage);
+    if (sel == selected.end()) continue;
+    h5::Handle s = h5::open_group(g, "scores");
+    for (const auto& d : h5::children(g, "scores")) {
+      if (!is_per_layer(d)) continue;
+      const auto per_layer = h5::read_doubles(s, d);
+      double sum = 0;
+      int64_t n = 0;
+      for (size_t i : sel->second)
+        if (i < per_layer.size() && std::isfinite(per_layer[i])) {
+          sum += per_layer[i];
+          ++n;
+        }
+      ScoreRow r = base;
+      r.metric = d.substr(0, d.size() - kPerLayer.size());
+      r.value = n > 0 ? sum / static_cast<double>(n) : std::nan("");
       rows.push_back(r);
     }
   }
