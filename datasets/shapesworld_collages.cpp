@@ -57,11 +57,14 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
   const auto cap = sw::make_caption(target, rng(), co);
   c.prompt = cap.text;
   const auto& phrases = cap.object_phrases;
-  std::vector<bool> unnamed;
+  // What each layer's text leaves out, by kind: a pattern (which the model can draw, as texture against plain)
+  // and a shade (a subtle mix towards white or black); reports and TI can select either.
+  std::vector<bool> unnamed_pattern, unnamed_shade;
   for (size_t i = 0; i < target.objects.size(); ++i) {
     const auto& obj = target.objects[i];
     const bool pattern_named = phrases[i].find(obj.pattern) != std::string::npos;
-    unnamed.push_back((obj.pattern != "plain" && !pattern_named) || obj.shade != 0);
+    unnamed_pattern.push_back(obj.pattern != "plain" && !pattern_named);
+    unnamed_shade.push_back(obj.shade != 0);
   }
   const auto ground = cap.background_phrase;
   Layer bg;
@@ -89,7 +92,9 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
     l.transform.y = static_cast<double>(corner[1]);
     l.noise_strength = o.noise_strength;
     l.meta = Json{{"object", sw::to_json(obj)},
-                  {"unnamed_appearance", static_cast<bool>(unnamed[i])},
+                  {"unnamed_appearance", unnamed_pattern[i] || unnamed_shade[i]},
+                  {"unnamed_pattern", static_cast<bool>(unnamed_pattern[i])},
+                  {"unnamed_shade", static_cast<bool>(unnamed_shade[i])},
                   {"source_tint", lighting.tint},
                   {"source_light_deg", lighting.light_angle_deg}};
     c.layers.push_back(l);

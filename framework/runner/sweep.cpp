@@ -119,9 +119,36 @@ bool item_complete(hid_t file, const std::string& name) {
   return h5::has_attr(g, "complete");
 }
 
+Json layer_entries(const Collage& c) {
+  Json layers = Json::array();
+  for (const auto& l : c.layers)
+    layers.push_back({{"name", l.name}, {"text", l.text}, {"noise_strength", l.noise_strength}, {"meta", l.meta}});
+  return layers;
+}
+
+// The same layers as recorded, up to what the record lacks: names and texts agree, and noise strengths where
+// recorded (older stores recorded neither them nor meta).
+bool same_layers_as_recorded(const Json& recorded, const Json& fresh) {
+  if (!recorded.is_array() || !fresh.is_array() || recorded.size() != fresh.size()) return false;
+  for (size_t i = 0; i < recorded.size(); ++i)
+    for (const char* k : {"name", "text", "noise_strength"})
+      if ((recorded[i].contains(k) || std::string(k) != "noise_strength") &&
+          recorded[i].value(k, Json()) != fresh[i].value(k, Json()))
+        return false;
+  return true;
+}
+
 void write_collage_entry(hid_t file, const NamedCollage& nc) {
   const std::string path = "collages/" + nc.name;
-  if (h5::exists(file, path)) return;
+  if (h5::exists(file, path)) {
+    // Resuming: refresh the layers' record (a store written before a meta key existed gains it, so `report
+    // --layers KEY` works on it without recomputing anything), but only for the layers it recorded.
+    h5::Handle g = h5::open_group(file, path);
+    const Json fresh = layer_entries(nc.collage);
+    if (h5::has_attr(g, "layers") && same_layers_as_recorded(Json::parse(h5::attr_string(g, "layers")), fresh))
+      h5::set_attr(g, "layers", fresh.dump());
+    return;
+  }
   h5::Handle g = h5::ensure_group(file, path);
   const auto placed = place_layers(nc.collage);
   write_float_tensor(g, "visible_masks", visible_masks(placed));
@@ -130,10 +157,7 @@ void write_collage_entry(hid_t file, const NamedCollage& nc) {
                             static_cast<hsize_t>(composite.size(2))};
   h5::write_array(g, "composite", H5T_NATIVE_UINT8, dims, composite.data_ptr<uint8_t>());
   h5::set_attr(g, "prompt", nc.collage.prompt);
-  Json layers = Json::array();
-  for (const auto& l : nc.collage.layers)
-    layers.push_back({{"name", l.name}, {"text", l.text}, {"noise_strength", l.noise_strength}, {"meta", l.meta}});
-  h5::set_attr(g, "layers", layers.dump());
+  h5::set_attr(g, "layers", layer_entries(nc.collage).dump());
   h5::set_attr(g, "source", nc.collage.file.empty() ? std::string("generated") : nc.collage.file);
 }
 
@@ -556,8 +580,9 @@ std::vector<ScoreRow> read_layer_scores(const std::string& store, const std::str
   if (!any_key) {
     const std::string found =
         keys_seen.empty() ? "its layers carry no meta" : fmt::format("keys found: {}", fmt::join(keys_seen, ", "));
-    throw Error(fmt::format("no layer in the store has the meta key '{}' ({}); stores written before layer meta was "
-                            "recorded have none: rerun the sweep into a new store",
+    throw Error(fmt::format("no layer in the store has the meta key '{}' ({}); a store written before the key existed "
+                            "lacks it: run the same sweep command on the store again (it refreshes the layers' meta, "
+                            "recomputing nothing)",
                             layer_key, found),
                 store, "--layers");
   }

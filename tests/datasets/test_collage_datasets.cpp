@@ -14,7 +14,7 @@ namespace sw = collage::shapesworld;
 TEST(ShapesWorldCollages, DeterministicValidAndPlacedLikeTheTarget) {
   datasets::ShapesWorldCollageOptions o;
   o.seed = 3;
-  int64_t objects = 0, unnamed = 0;
+  int64_t objects = 0, unnamed = 0, unnamed_pattern = 0, unnamed_shade = 0;
   for (uint64_t i = 0; i < 40; ++i) {
     auto c = datasets::make_shapesworld_collage(i, o);
     auto again = datasets::make_shapesworld_collage(i, o);
@@ -38,9 +38,13 @@ TEST(ShapesWorldCollages, DeterministicValidAndPlacedLikeTheTarget) {
       EXPECT_NE(layer.text.find(obj.shape), std::string::npos);
       EXPECT_NE(layer.text.find(obj.colour), std::string::npos);
       const bool pattern_named = layer.text.find(obj.pattern) != std::string::npos;
+      EXPECT_EQ(layer.meta["unnamed_pattern"].get<bool>(), obj.pattern != "plain" && !pattern_named);
+      EXPECT_EQ(layer.meta["unnamed_shade"].get<bool>(), obj.shade != 0);
       EXPECT_EQ(layer.meta["unnamed_appearance"].get<bool>(),
                 (obj.pattern != "plain" && !pattern_named) || obj.shade != 0);
       unnamed += layer.meta["unnamed_appearance"].get<bool>();
+      unnamed_pattern += layer.meta["unnamed_pattern"].get<bool>();
+      unnamed_shade += layer.meta["unnamed_shade"].get<bool>();
       EXPECT_NE(c.prompt.find(layer.text), std::string::npos);
     }
     // Naive: the collage is not the target render (other lights and tints, no shadows).
@@ -48,6 +52,8 @@ TEST(ShapesWorldCollages, DeterministicValidAndPlacedLikeTheTarget) {
   }
   EXPECT_GT(unnamed, objects / 5);  // TI has something to learn on a fair share of layers
   EXPECT_LT(unnamed, objects);
+  EXPECT_GT(unnamed_pattern, 0);  // both kinds occur, so reports can compare them
+  EXPECT_GT(unnamed_shade, 0);
 }
 
 TEST(ShapesWorldCollages, DatasetFolderWithIndex) {

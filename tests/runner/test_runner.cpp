@@ -476,5 +476,25 @@ TEST(RunnerReport, LayersSelectedByTheirMetaOnAGeneratedDataset) {
   auto e = test::expect_error([&] { read_layer_scores(store, "no_such_key"); });
   EXPECT_NE(e.find("--layers"), std::string::npos) << e;
   EXPECT_NE(e.find("kept"), std::string::npos) << e;  // lists the keys there are
+
+  // A store written before layer meta existed (simulated: meta stripped) is refreshed by running the same
+  // sweep on it again, which recomputes nothing.
+  const auto items_before = list_items(store);
+  file = h5::Handle();
+  {
+    h5::Handle w = h5::open_file(store, true);
+    for (const auto& name : h5::children(w, "collages")) {
+      h5::Handle g = h5::open_group(w, "collages/" + name);
+      auto layers = Json::parse(h5::attr_string(g, "layers"));
+      for (auto& l : layers) l.erase("meta"), l.erase("noise_strength");
+      h5::set_attr(g, "layers", layers.dump());
+    }
+  }
+  e = test::expect_error([&] { read_layer_scores(store, "kept"); });
+  EXPECT_NE(e.find("same sweep command"), std::string::npos) << e;
+  const auto again = run_sweep(config, quiet(store));
+  EXPECT_EQ(again.units_run, 0);
+  EXPECT_EQ(list_items(store), items_before);
+  EXPECT_EQ(read_layer_scores(store, "kept").size(), rows.size());
   fs::remove_all(dir);
 }
