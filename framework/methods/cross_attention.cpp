@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/core.h"
@@ -21,9 +22,10 @@ double ca_weight(CaSchedule schedule, double sigma) {
 }
 
 CollageAttentionProcessor::CollageAttentionProcessor(at::Tensor masks, std::vector<CaLayer> layers,
-                                                     CaSchedule schedule, bool apply_bias, bool record)
+                                                     CaSchedule schedule, bool apply_bias, bool record,
+                                                     int64_t min_size)
     : masks_(masks.to(at::kFloat)), layers_(std::move(layers)), schedule_(schedule), apply_bias_(apply_bias),
-      record_(record) {
+      record_(record), min_size_(min_size) {
   COLLAGE_CHECK(masks.dim() == 3 && masks.size(0) == static_cast<int64_t>(layers_.size()),
                 "CA: {} masks for {} layers", masks.dim() == 3 ? masks.size(0) : -1, layers_.size());
 }
@@ -44,6 +46,7 @@ std::vector<int64_t> conditional_rows(const AttnContext& ctx, int64_t batch) {
 
 void CollageAttentionProcessor::modify_scores(at::Tensor& scores, const AttnContext& ctx) {
   if (!apply_bias_ || !ctx.is_cross || ctx.height * ctx.width != scores.size(2)) return;
+  if (std::min(ctx.height, ctx.width) < min_size_) return;
   const auto rows = conditional_rows(ctx, scores.size(0));
   if (rows.empty()) return;
   const double sigma = ctx.step ? ctx.step->sigma : 0.0;

@@ -28,8 +28,10 @@ struct CaLayer {
 class CollageAttentionProcessor : public ScoreHookProcessor {
  public:
   // `masks`: visible masks (L, H, W) at canvas resolution; `layers`: one entry per mask.
+  // `min_size` > 0: bias only the maps whose shorter side has at least that many cells (an ablation of the
+  // resolutions CA acts on; 0 = every cross-attention map, as the method has it).
   CollageAttentionProcessor(at::Tensor masks, std::vector<CaLayer> layers, CaSchedule schedule, bool apply_bias,
-                            bool record);
+                            bool record, int64_t min_size = 0);
 
   void modify_scores(at::Tensor& scores, const AttnContext& ctx) override;
   void observe_probs(const at::Tensor& probs, const AttnContext& ctx) override;
@@ -44,6 +46,7 @@ class CollageAttentionProcessor : public ScoreHookProcessor {
   std::vector<CaLayer> layers_;
   CaSchedule schedule_;
   bool apply_bias_, record_;
+  int64_t min_size_;
   // Recorded maps are accumulated at the largest query grid seen.
   mutable std::mutex mutex_;
   at::Tensor accum_;   // (B_cond, L, h, w)

@@ -32,6 +32,9 @@ struct ParamInfo {
   std::string type;         // "number", "int", "bool", "string"
   Json default_value;
   std::string description;
+  // false for a parameter added after stores existed: a run that leaves it at its default keeps the run id it
+  // had before the parameter existed (run ids hash the parameters), so old stores still resume and pair.
+  bool in_id_at_default = true;
 };
 
 struct ComponentInfo {

@@ -33,7 +33,9 @@ const std::vector<ComponentInfo>& method_components() {
       {"ca", false, "cross-attention manipulation: bias each layer's tokens towards its visible mask (conditional branch)",
        {{"ca_schedule", "string", "loglog", "loglog = ln(1+ln(sigma+1.01)) (authors), ediff = ln(sigma+1.01)"},
         {"ca_w_pos", "number", -1.0, "w_pos for every layer; -1 = each layer's own w_pos"},
-        {"ca_w_neg", "number", -1.0, "w_neg for every layer; -1 = each layer's own w_neg"}}},
+        {"ca_w_neg", "number", -1.0, "w_neg for every layer; -1 = each layer's own w_neg"},
+        {"ca_min_size", "int", 0,
+         "bias only attention maps at least this many cells on their shorter side (0 = all; an ablation)", false}}},
       {"paint_with_words", false, "eDiff-I paint-with-words: CA with the ln(sigma+1.01) schedule and no negative term",
        {{"pww_weight", "number", 0.5, "w_pos of every layer"}}},
       {"ti", false, "per-layer textual inversion: a learned token per layer, inserted before its text",
@@ -187,7 +189,7 @@ MethodSpec MethodSpec::parse(const std::string& spec_text, const Json& params, c
   unit("regional_global_weight", false, false);
   if (spec.params.contains("ca_schedule"))
     parse_ca_schedule(spec.params["ca_schedule"].get<std::string>(), where, "params.ca_schedule");
-  for (const char* name : {"ti_steps", "ti_batch", "ti_warmup", "ti_seed"})
+  for (const char* name : {"ti_steps", "ti_batch", "ti_warmup", "ti_seed", "ca_min_size"})
     if (spec.params.contains(name))
       COLLAGE_CHECK_AT(spec.params[name].get<int64_t>() >= (std::string(name) == "ti_batch" ? 1 : 0), where,
                        std::string("params.") + name, "must be {}", std::string(name) == "ti_batch" ? "> 0" : ">= 0");

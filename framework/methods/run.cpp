@@ -305,7 +305,8 @@ MethodOutput Method::run(const Collage& collage, StableDiffusion& sd, const RunS
                           : spec.ca             ? parse_ca_schedule(spec.string("ca_schedule"))
                                                 : CaSchedule::LogLog;
     processor = std::make_shared<CollageAttentionProcessor>(visible, ca_layers, schedule,
-                                                            spec.ca || spec.paint_with_words, rs.record_attention);
+                                                            spec.ca || spec.paint_with_words, rs.record_attention,
+                                                            spec.ca ? spec.integer("ca_min_size") : 0);
     guard.unet = sd.unet;
     sd.unet->set_attn_processor([](const Attention& a) { return a->is_cross(); }, processor);
   }

@@ -138,7 +138,11 @@ void parse_editing(const Json& e, const std::string& path, ExperimentConfig& c) 
 }  // namespace
 
 std::string run_id(const MethodSpec& spec) {
-  const std::string canon = spec.text + "|" + spec.params.dump();
+  Json params = spec.params;
+  for (const auto& c : method_components())
+    for (const auto& p : c.params)
+      if (!p.in_id_at_default && params.contains(p.name) && params[p.name] == p.default_value) params.erase(p.name);
+  const std::string canon = spec.text + "|" + params.dump();
   return fmt::format("{:010x}", fnv1a(canon) & 0xffffffffffull);
 }
 

@@ -154,6 +154,16 @@ TEST(CrossAttention, BiasesOnlyConditionalRowsAndLayerTokens) {
   auto self = before.clone();
   proc.modify_scores(self, ctx);
   EXPECT_TRUE(torch::equal(self, before));
+  // ca_min_size: maps smaller than it are left alone, maps of at least that size are biased as above.
+  ctx.is_cross = true;
+  CollageAttentionProcessor fine_only(masks, layers, CaSchedule::LogLog, true, false, /*min_size=*/5);
+  auto coarse = before.clone();
+  fine_only.modify_scores(coarse, ctx);
+  EXPECT_TRUE(torch::equal(coarse, before));
+  CollageAttentionProcessor from_four(masks, layers, CaSchedule::LogLog, true, false, /*min_size=*/4);
+  auto biased = before.clone();
+  from_four.modify_scores(biased, ctx);
+  EXPECT_TRUE(torch::allclose(biased, scores));
 }
 
 TEST(CrossAttention, StrongPositiveWeightConcentratesLayerAttentionInItsMask) {

@@ -120,6 +120,11 @@ TEST(RunnerConfig, GridExpansionAndStableIds) {
   EXPECT_EQ(c2.runs[3].params["ti_steps"], 2);
   EXPECT_EQ(c2.runs[4].params["ti_steps"], 3);
   EXPECT_EQ(c2.runs[3].id.size(), 10u);
+  // Ids written by earlier versions stay valid: parameters added later (ca_min_size) count only when set.
+  const auto ca = MethodSpec::parse("sdedit+ca", Json{{"strength", 0.8}});
+  EXPECT_EQ(run_id(ca), "4068949be0");  // sdedit+ca strength=0.8 in stores written before ca_min_size
+  EXPECT_EQ(run_id(MethodSpec::parse("sdedit+ca", Json{{"strength", 0.8}, {"ca_min_size", 0}})), "4068949be0");
+  EXPECT_NE(run_id(MethodSpec::parse("sdedit+ca", Json{{"strength", 0.8}, {"ca_min_size", 8}})), "4068949be0");
   fs::remove_all(dir);
 }
 
