@@ -60,7 +60,9 @@ struct AutoencoderKLConfig {
   int64_t norm_num_groups = 32;
   int64_t sample_size = 32;
   double scaling_factor = 0.18215;
-  bool force_upcast = true;  // pipelines decode in float32 when the model is float16
+  // Read, not acted on: like diffusers' SD 1.x/2.x pipelines, ours decode in the VAE's own dtype (the float32
+  // upcast this flag asks for is SDXL's).
+  bool force_upcast = true;
   // Newer diffusers fields (absent at 0.21.4, defaults = 0.21.4 behaviour).
   bool mid_block_add_attention = true;
   bool use_quant_conv = true;
