@@ -16,6 +16,9 @@ struct ShapesWorldCollageOptions {
   int min_objects = 1, max_objects = 3;
   double noise_strength = 0.8;    // s_i written into every layer (the runner may override)
   double unnamed_probability = 0.5;  // chance a striped / dotted object's pattern is left out of its text
+  // Chance an object's colour is left out of its text ("a square"): an unnamed appearance the model can draw,
+  // a positive control for TI next to patterns and shades. 0 keeps the collages as without it.
+  double unnamed_colour_probability = 0;
   // >= 0: one object layer per collage (drawn at random) is the "kept" layer: its noise_strength is this value
   // and its meta has "kept": true (what per-layer noise is for: keep one object, harmonise the rest).
   // < 0: none. Drawn from a stream of its own, so the collages are otherwise the same as without it.
@@ -26,8 +29,8 @@ struct ShapesWorldCollageOptions {
 // One collage whose layers are objects cut from OTHER scenes (other light, other tint, no shadow), stacked
 // on the background of yet another scene, placed where a target scene has them. The target scene (its
 // caption, light, tint and objects) is the ground truth; each layer's meta records its object (shape,
-// colour, pattern, shade), what its text leaves unnamed ("unnamed_pattern", "unnamed_shade", and either:
-// "unnamed_appearance") and whether it is the kept layer ("kept"); the collage's meta records the target
+// colour, pattern, shade), what its text leaves unnamed ("unnamed_pattern", "unnamed_shade", "unnamed_colour",
+// and any of them: "unnamed_appearance") and whether it is the kept layer ("kept"); the collage's meta records the target
 // scene. Deterministic in `index` and options.seed.
 Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions& options);
 

@@ -47,10 +47,10 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
   Collage c;
   c.width = c.height = o.size;
   // Texts from the world's own caption grammar (what the embedded model was trained on): every object named
-  // by colour and shape; a pattern is left out with probability unnamed_probability, a shade never named,
-  // so only the layer's pixels carry that part of its appearance.
+  // by shape and (but with probability unnamed_colour_probability) colour; a pattern is left out with probability
+  // unnamed_probability, a shade never named, so only the layer's pixels carry that part of its appearance.
   sw::CaptionOptions co;
-  co.colour_probability = 1.0;
+  co.colour_probability = 1.0 - o.unnamed_colour_probability;  // make_caption draws every decision either way
   co.pattern_probability = 1.0 - o.unnamed_probability;
   co.background_probability = 1.0;
   co.tint_probability = 1.0;
@@ -59,12 +59,13 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
   const auto& phrases = cap.object_phrases;
   // What each layer's text leaves out, by kind: a pattern (which the model can draw, as texture against plain)
   // and a shade (a subtle mix towards white or black); reports and TI can select either.
-  std::vector<bool> unnamed_pattern, unnamed_shade;
+  std::vector<bool> unnamed_pattern, unnamed_shade, unnamed_colour;
   for (size_t i = 0; i < target.objects.size(); ++i) {
     const auto& obj = target.objects[i];
     const bool pattern_named = phrases[i].find(obj.pattern) != std::string::npos;
     unnamed_pattern.push_back(obj.pattern != "plain" && !pattern_named);
     unnamed_shade.push_back(obj.shade != 0);
+    unnamed_colour.push_back(phrases[i].find(obj.colour) == std::string::npos);
   }
   const auto ground = cap.background_phrase;
   Layer bg;
@@ -92,9 +93,10 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
     l.transform.y = static_cast<double>(corner[1]);
     l.noise_strength = o.noise_strength;
     l.meta = Json{{"object", sw::to_json(obj)},
-                  {"unnamed_appearance", unnamed_pattern[i] || unnamed_shade[i]},
+                  {"unnamed_appearance", unnamed_pattern[i] || unnamed_shade[i] || unnamed_colour[i]},
                   {"unnamed_pattern", static_cast<bool>(unnamed_pattern[i])},
                   {"unnamed_shade", static_cast<bool>(unnamed_shade[i])},
+                  {"unnamed_colour", static_cast<bool>(unnamed_colour[i])},
                   {"source_tint", lighting.tint},
                   {"source_light_deg", lighting.light_angle_deg}};
     c.layers.push_back(l);
@@ -127,6 +129,7 @@ std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCo
                {"max_objects", o.max_objects},
                {"noise_strength", o.noise_strength},
                {"unnamed_probability", o.unnamed_probability},
+               {"unnamed_colour_probability", o.unnamed_colour_probability},
                {"kept_strength", o.kept_strength},
                {"seed", o.seed}}},
              {"collages", Json::array()}};

@@ -226,6 +226,9 @@ void add_collage_commands(CLI::App& app, GlobalOptions& global) {
   d->add_option("--noise-strength", ds->noise_strength, "s_i written into every layer")->capture_default_str();
   d->add_option("--unnamed", ds->unnamed_probability, "chance a layer's pattern is left out of its text")
       ->capture_default_str();
+  d->add_option("--unnamed-colour", ds->unnamed_colour_probability,
+                "chance a layer's colour is left out of its text (a positive control for TI)")
+      ->capture_default_str();
   d->add_option("--kept-strength", ds->kept_strength,
                 "one object layer per collage gets this noise strength and meta kept=true (-1: none)")
       ->capture_default_str();

@@ -155,9 +155,13 @@ Json ExperimentConfig::settings() const {
   s["scheduler"] = scheduler;
   s["negative_prompt"] = negative_prompt;
   // A generated dataset's collages are named by seed and index only: options that change them must match.
-  if (dataset.generate && (dataset.kept_strength >= 0 || dataset.unnamed_probability != 0.5))
+  if (dataset.generate && (dataset.kept_strength >= 0 || dataset.unnamed_probability != 0.5 ||
+                           dataset.unnamed_colour_probability != 0)) {
     s["dataset_generate"] = {{"kept_strength", dataset.kept_strength},
                              {"unnamed_probability", dataset.unnamed_probability}};
+    if (dataset.unnamed_colour_probability != 0)
+      s["dataset_generate"]["unnamed_colour_probability"] = dataset.unnamed_colour_probability;
+  }
   return s;
 }
 
@@ -214,14 +218,19 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     c.dataset.size = gr.get<int64_t>("size", 64);
     c.dataset.kept_strength = gr.get<double>("kept_strength", -1.0);
     c.dataset.unnamed_probability = gr.get<double>("unnamed_probability", 0.5);
+    c.dataset.unnamed_colour_probability = gr.get<double>("unnamed_colour_probability", 0.0);
     for (const auto& k : gr.unused_keys())
-      throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability)", path,
-                  "dataset.generate." + k);
+      throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability, "
+                  "unnamed_colour_probability)",
+                  path, "dataset.generate." + k);
     COLLAGE_CHECK_AT(c.dataset.kept_strength < 0 || c.dataset.kept_strength <= 1, path, "dataset.generate.kept_strength",
                      "must be in [0, 1] (or negative: no kept layer), got {}", c.dataset.kept_strength);
     COLLAGE_CHECK_AT(c.dataset.unnamed_probability >= 0 && c.dataset.unnamed_probability <= 1, path,
                      "dataset.generate.unnamed_probability", "must be in [0, 1], got {}",
                      c.dataset.unnamed_probability);
+    COLLAGE_CHECK_AT(c.dataset.unnamed_colour_probability >= 0 && c.dataset.unnamed_colour_probability <= 1, path,
+                     "dataset.generate.unnamed_colour_probability", "must be in [0, 1], got {}",
+                     c.dataset.unnamed_colour_probability);
     COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
                      "unknown world '{}' (valid: shapesworld)", c.dataset.world);
     COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
@@ -368,6 +377,7 @@ std::vector<NamedCollage> load_dataset(const ExperimentConfig& config) {
     o.seed = config.dataset.seed;
     o.kept_strength = config.dataset.kept_strength;
     o.unnamed_probability = config.dataset.unnamed_probability;
+    o.unnamed_colour_probability = config.dataset.unnamed_colour_probability;
     for (int64_t i = 0; i < config.dataset.n; ++i) {
       NamedCollage nc;
       nc.name = fmt::format("sw{}_{:05d}", config.dataset.seed, i);

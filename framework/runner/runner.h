@@ -42,6 +42,7 @@ struct DatasetSpec {
   int64_t size = 64;
   double kept_strength = -1;         // see datasets::ShapesWorldCollageOptions
   double unnamed_probability = 0.5;
+  double unnamed_colour_probability = 0;
 };
 
 // The iterative editing protocol (config key "editing"): per collage, start from the outputs of one run (all

@@ -97,3 +97,29 @@ TEST(ShapesWorldCollages, KeptLayerChangesOnlyOneLayersStrength) {
   auto msg = test::expect_error([&] { datasets::make_shapesworld_collage(0, kept); });
   EXPECT_NE(msg.find("kept_strength"), std::string::npos) << msg;
 }
+
+// --unnamed-colour: the same collages (pixels, layout) whose texts drop the colour of some objects, flagged
+// unnamed_colour (and so unnamed_appearance) exactly where the text lacks it.
+TEST(ShapesWorldCollages, UnnamedColourDropsTheColourFromTextsOnly) {
+  datasets::ShapesWorldCollageOptions plain, control = plain;
+  plain.seed = control.seed = 6;
+  control.unnamed_colour_probability = 0.5;
+  int64_t layers = 0, dropped = 0;
+  for (uint64_t i = 0; i < 20; ++i) {
+    auto a = datasets::make_shapesworld_collage(i, plain), b = datasets::make_shapesworld_collage(i, control);
+    ASSERT_EQ(a.layers.size(), b.layers.size());
+    ASSERT_TRUE(torch::equal(flatten(a), flatten(b)));
+    for (size_t k = 1; k < b.layers.size(); ++k) {
+      const auto& obj = b.layers[k].meta["object"];
+      const bool named = b.layers[k].text.find(obj["colour"].get<std::string>()) != std::string::npos;
+      EXPECT_EQ(b.layers[k].meta["unnamed_colour"].get<bool>(), !named) << i << " " << k;
+      EXPECT_FALSE(a.layers[k].meta["unnamed_colour"].get<bool>());
+      if (!named) EXPECT_TRUE(b.layers[k].meta["unnamed_appearance"].get<bool>());
+      EXPECT_NE(b.prompt.find(b.layers[k].text), std::string::npos);
+      ++layers;
+      dropped += !named;
+    }
+  }
+  EXPECT_GT(dropped, layers / 4);
+  EXPECT_LT(dropped, layers * 3 / 4);
+}
