@@ -46,9 +46,9 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
 
   Collage c;
   c.width = c.height = o.size;
-  // Texts from the world's own caption grammar (what the embedded model was trained on): every object named
-  // by shape and (but with probability unnamed_colour_probability) colour; a pattern is left out with probability
-  // unnamed_probability, a shade never named, so only the layer's pixels carry that part of its appearance.
+  // Texts from the world's own caption grammar (what the embedded model was trained on): every object named by
+  // shape; its colour left out with probability unnamed_colour_probability, its pattern with unnamed_probability,
+  // its shade never named, so only the layer's pixels carry that part of its appearance.
   sw::CaptionOptions co;
   co.colour_probability = 1.0 - o.unnamed_colour_probability;  // make_caption draws every decision either way
   co.pattern_probability = 1.0 - o.unnamed_probability;
@@ -57,8 +57,7 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
   const auto cap = sw::make_caption(target, rng(), co);
   c.prompt = cap.text;
   const auto& phrases = cap.object_phrases;
-  // What each layer's text leaves out, by kind: a pattern (which the model can draw, as texture against plain)
-  // and a shade (a subtle mix towards white or black); reports and TI can select either.
+  // What each layer's text leaves out, by kind (pattern, shade, colour), so reports and TI can select each.
   std::vector<bool> unnamed_pattern, unnamed_shade, unnamed_colour;
   for (size_t i = 0; i < target.objects.size(); ++i) {
     const auto& obj = target.objects[i];

@@ -49,7 +49,13 @@ def main():
         return ids[0]
 
     run, base = resolve(a.run), resolve(a.base)
-    pairs = []  # (layer meta, layers in collage, base value, run value)
+    run_items = {}  # collage -> this run's item names (one per seed)
+    for item in f["items"]:
+        collage, run_id, _ = item.split("__")
+        if run_id == run:
+            run_items.setdefault(collage, []).append(item)
+    key = f"scores/{a.metric}.per_layer"
+    pairs = []  # (layer meta, object layers in the collage, base item, layer index, base value, run value)
     for cname in f["collages"]:
         g = f["collages"][cname]
         layers = json.loads(g.attrs["layers"])
@@ -60,13 +66,10 @@ def main():
             meta = layer.get("meta", {})
             if "object" not in meta or (a.where and meta.get(a.where) is not True):
                 continue
-            for item in f["items"]:
-                if not item.startswith(f"{cname}__{run}__seed"):
-                    continue
+            for item in run_items.get(cname, []):
                 other = item.replace(f"__{run}__", f"__{base}__")
                 if other not in f["items"]:
                     continue
-                key = f"scores/{a.metric}.per_layer"
                 rv, bv = f["items"][item][key][i], f["items"][other][key][i]
                 if math.isnan(rv) or math.isnan(bv):
                     continue

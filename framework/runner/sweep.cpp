@@ -130,11 +130,11 @@ Json layer_entries(const Collage& c) {
 // recorded (older stores recorded neither them nor meta).
 bool same_layers_as_recorded(const Json& recorded, const Json& fresh) {
   if (!recorded.is_array() || !fresh.is_array() || recorded.size() != fresh.size()) return false;
-  for (size_t i = 0; i < recorded.size(); ++i)
-    for (const char* k : {"name", "text", "noise_strength"})
-      if ((recorded[i].contains(k) || std::string(k) != "noise_strength") &&
-          recorded[i].value(k, Json()) != fresh[i].value(k, Json()))
-        return false;
+  for (size_t i = 0; i < recorded.size(); ++i) {
+    const Json &r = recorded[i], &f = fresh[i];
+    if (r.value("name", Json()) != f["name"] || r.value("text", Json()) != f["text"]) return false;
+    if (r.contains("noise_strength") && r["noise_strength"] != f["noise_strength"]) return false;
+  }
   return true;
 }
 
