@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include "core/paths.h"
 #include "core/core.h"
 #include "diffusion/pipeline.h"
+#include "models/attention.h"
 #include "models/unet_2d_condition.h"
 
 namespace fs = std::filesystem;
@@ -142,6 +144,82 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
                              seconds / out.timesteps.size());
     if (sd->device.is_cpu())
       std::cout << fmt::format("  peak RSS during the run {:.2f} GB\n", read_status_bytes("VmHWM") / 1e9);
+  });
+
+  struct AttnArgs {
+    int64_t batch = 2, heads = 8, queries = 4096, keys = 4096, dim = 40, repeat = 3;
+  };
+  auto aa = std::make_shared<AttnArgs>();
+  auto* attn = bench->add_subcommand(
+      "attention", "forward + backward of one attention layer (as in training and textual inversion): the "
+                   "blockwise attention against the plain autograd graph, time and peak memory of each");
+  attn->add_option("--batch", aa->batch, "batch")->capture_default_str();
+  attn->add_option("--heads", aa->heads, "heads")->capture_default_str();
+  attn->add_option("--queries", aa->queries, "query tokens (4096 = SD 1.5's 64x64 self-attention)")
+      ->capture_default_str();
+  attn->add_option("--keys", aa->keys, "key tokens (77 = cross-attention)")->capture_default_str();
+  attn->add_option("--dim", aa->dim, "head dimension")->capture_default_str();
+  attn->add_option("--repeat", aa->repeat, "timed runs of each (the best counts)")->capture_default_str();
+  attn->callback([aa, &global] {
+    apply_runtime(global);
+    const auto device = parse_device(global.device);
+    const auto opts = at::TensorOptions().dtype(parse_dtype(global.dtype, device)).device(device);
+    const double scale = 1.0 / std::sqrt(double(aa->dim));
+    auto q = at::randn({aa->batch, aa->heads, aa->queries, aa->dim}, opts);
+    auto k = at::randn({aa->batch, aa->heads, aa->keys, aa->dim}, opts);
+    auto v = at::randn({aa->batch, aa->heads, aa->keys, aa->dim}, opts);
+    auto d_out = at::randn_like(q);
+    auto plain = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
+      return at::matmul(at::softmax(at::matmul(qq, kk.transpose(-1, -2)) * scale, -1), vv);
+    };
+    auto blockwise = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
+      return blockwise_attention(qq, kk, vv, scale);
+    };
+    struct Result {
+      double seconds = 1e30, peak = 0;
+      std::vector<at::Tensor> values;
+    };
+    auto run = [&](auto&& attention) {
+      Result r;
+      for (int64_t i = 0; i <= aa->repeat; ++i) {  // the first run warms up
+        auto qq = q.clone().requires_grad_(), kk = k.clone().requires_grad_(), vv = v.clone().requires_grad_();
+        synchronize(device);
+        reset_peak();
+        const double t0 = now_seconds();
+        auto out = attention(qq, kk, vv);
+        out.backward(d_out);
+        synchronize(device);
+        if (i > 0) r.seconds = std::min(r.seconds, now_seconds() - t0);
+        r.peak = std::max(r.peak, read_status_bytes("VmHWM"));
+        r.values = {out.detach(), qq.grad(), kk.grad(), vv.grad()};
+      }
+      return r;
+    };
+    const double flops = 2.0 * 2.0 * aa->batch * aa->heads * aa->queries * aa->keys * aa->dim;  // forward GEMMs
+    std::cout << fmt::format("attention fwd+bwd: batch {} x {} heads, {} queries x {} keys, head dim {}, {}, "
+                             "{} threads\n",
+                             aa->batch, aa->heads, aa->queries, aa->keys, aa->dim, c10::toString(q.scalar_type()),
+                             at::get_num_threads());
+    const auto base = run(plain);
+    const auto ours = run(blockwise);
+    double worst = 0;
+    const char* names[] = {"output", "dq", "dk", "dv"};
+    std::string diffs;
+    for (size_t i = 0; i < 4; ++i) {
+      const double d = (ours.values[i] - base.values[i]).abs().max().item<double>() /
+                       std::max(1e-30, base.values[i].abs().max().item<double>());
+      worst = std::max(worst, d);
+      diffs += fmt::format(" {} {:.1e}", names[i], d);
+    }
+    const bool cpu = device.is_cpu();
+    std::cout << fmt::format("  plain autograd graph: {:.3f} s{}\n", base.seconds,
+                             cpu ? fmt::format(", peak RSS {:.2f} GB", base.peak / 1e9) : "");
+    std::cout << fmt::format("  blockwise:            {:.3f} s{}\n", ours.seconds,
+                             cpu ? fmt::format(", peak RSS {:.2f} GB", ours.peak / 1e9) : "");
+    std::cout << fmt::format("  speed-up {:.2f}x; forward GEMMs alone {:.1f} GFLOP; largest difference relative "
+                             "to the plain graph's largest value:{}\n",
+                             base.seconds / ours.seconds, flops / 1e9, diffs);
+    COLLAGE_CHECK(worst < 1e-3, "blockwise attention disagrees with the plain graph (relative {:.2e})", worst);
   });
 
   unet->callback([a, &global] {

@@ -3,54 +3,132 @@
 #include <torch/nn/modules/dropout.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 
 namespace collage {
 
 namespace {
-// Upper bound on the elements of one score chunk: 4M floats = 16 MB, small enough to stay mostly in cache
-// on the way from the first GEMM through the softmax to the second GEMM.
-constexpr int64_t kMaxChunkElements = int64_t(1) << 22;
+
+// Elements of one block of scores. On the CPU 1M floats = 4 MB, so a block stays in cache from its first
+// GEMM through the softmax to the second (for inference 16 MB blocks measured the same speed). On a GPU the launches, not the memory, cost: inference keeps 16 MB blocks
+// (a 4096-token self-attention would otherwise need 1 GB per batch of 2 x 8 heads), and the differentiable
+// path takes whole layers up to 1 GB.
+int64_t score_block_elements(const at::Tensor& q, bool grad) {
+  if (!q.is_cuda()) return int64_t(1) << 20;
+  return grad ? int64_t(1) << 28 : int64_t(1) << 22;
+}
+
+// Calls f(heads, rows) over blocks of (heads, query rows) whose scores have at most `budget` elements:
+// whole heads when at least one fits, otherwise row blocks of one head.
+template <class F>
+void for_each_score_block(int64_t BH, int64_t Nq, int64_t Nk, int64_t budget, F&& f) {
+  const int64_t heads = std::clamp<int64_t>(budget / std::max<int64_t>(1, Nq * Nk), 1, BH);
+  const int64_t rows = heads > 1 ? Nq : std::clamp<int64_t>(budget / std::max<int64_t>(1, Nk), 1, Nq);
+  for (int64_t h = 0; h < BH; h += heads)
+    for (int64_t r = 0; r < Nq; r += rows)
+      f(std::make_pair(h, std::min(heads, BH - h)), std::make_pair(r, std::min(rows, Nq - r)));
+}
+
+// softmax(scale q k^T) v with a backward that recomputes the probabilities block by block from the saved
+// log-sum-exp instead of keeping them: the plain autograd graph stores B x heads x Nq x Nk probabilities per
+// layer (for a 4096-token self-attention, 1 GB per image pair), and on the CPU its full-size score
+// tensors run at memory speed. Used whenever a gradient flows through attention (training, textual
+// inversion). q: (BH, Nq, D), k: (BH, Nk, D), v: (BH, Nk, Dv), all contiguous.
+class BlockwiseAttention : public torch::autograd::Function<BlockwiseAttention> {
+ public:
+  // Half-precision inputs are computed in float32 (scores, probabilities and the gradient sums), as the
+  // plain graph's softmax kernels do internally.
+  static at::ScalarType wide(const at::Tensor& t) {
+    return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type();
+  }
+
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, double scale, int64_t budget) {
+    const int64_t BH = q.size(0), Nq = q.size(1), Nk = k.size(1);
+    const auto w = wide(q);
+    auto out = at::empty({BH, Nq, v.size(2)}, q.options());
+    auto lse = at::empty({BH, Nq, 1}, q.options().dtype(w));
+    for_each_score_block(BH, Nq, Nk, budget, [&](auto heads, auto rows) {
+      auto rows_of = [&](const at::Tensor& t) {
+        return t.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
+      };
+      auto heads_of = [&](const at::Tensor& t) { return t.narrow(0, heads.first, heads.second).to(w); };
+      auto s = at::bmm(rows_of(q).to(w), heads_of(k).transpose(1, 2)).mul_(scale);
+      auto l = at::logsumexp(s, -1, true);
+      rows_of(out).copy_(at::bmm(s.sub_(l).exp_(), heads_of(v)));
+      rows_of(lse).copy_(l);
+    });
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["budget"] = budget;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t budget = ctx->saved_data["budget"].toInt();
+    const auto w = wide(q);
+    const auto d_out = grads[0].to(w).contiguous();
+    const int64_t BH = q.size(0), Nq = q.size(1), Nk = k.size(1);
+    // softmax backward: dS = P * (dP - rowsum(dO * O)), with dP = dO v^T; P recomputed from the saved lse
+    const auto delta = (d_out * out.to(w)).sum(-1, true);
+    auto dq = at::empty_like(q), dk = at::zeros_like(k, k.options().dtype(w)), dv = at::zeros_like(v, v.options().dtype(w));
+    for_each_score_block(BH, Nq, Nk, budget, [&](auto heads, auto rows) {
+      auto rows_of = [&](const at::Tensor& t) {
+        return t.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
+      };
+      auto heads_of = [&](const at::Tensor& t) { return t.narrow(0, heads.first, heads.second); };
+      auto qb = rows_of(q).to(w), dob = rows_of(d_out);
+      auto kb = heads_of(k).to(w), vb = heads_of(v).to(w);
+      auto p = at::bmm(qb, kb.transpose(1, 2)).mul_(scale).sub_(rows_of(lse)).exp_();
+      heads_of(dv).baddbmm_(p.transpose(1, 2), dob);
+      auto ds = at::bmm(dob, vb.transpose(1, 2)).sub_(rows_of(delta)).mul_(p);
+      rows_of(dq).copy_(at::bmm(ds, kb).mul_(scale));
+      heads_of(dk).baddbmm_(ds.transpose(1, 2), qb, 1.0, scale);
+    });
+    return {dq, dk.to(k.scalar_type()), dv.to(v.scalar_type()), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                               int64_t block_elements) {
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  const int64_t budget = block_elements > 0 ? block_elements : score_block_elements(q, true);
+  auto out = BlockwiseAttention::apply(q.reshape({B * H, Nq, q.size(3)}).contiguous(),
+                                       k.reshape({B * H, Nk, k.size(3)}).contiguous(),
+                                       v.reshape({B * H, Nk, v.size(3)}).contiguous(), scale, budget);
+  return out.view({B, H, Nq, v.size(3)});
+}
 
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
   const int64_t BH = B * H;
+  if (at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))
+    return blockwise_attention(q, k, v, scale);  // training, textual inversion
   // Scores as diffusers computes them: baddbmm(q, k^T, beta=0, alpha=scale) (scaling inside the GEMM).
   auto qs = q.reshape({BH, Nq, D});
   auto kt = k.reshape({BH, Nk, D}).transpose(1, 2);
   auto vv = v.reshape({BH, Nk, v.size(3)});
-  if (at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad())) {
-    // Training (textual inversion): the in-place kernels below have no backward; use the plain graph.
-    auto probs = at::softmax(at::baddbmm(at::zeros({BH, Nq, Nk}, q.options()), qs, kt, 0.0, scale), -1);
-    return at::bmm(probs, vv).view({B, H, Nq, v.size(3)});
-  }
   auto out = at::empty({BH, Nq, v.size(3)}, q.options());
-  // Chunk over queries across all heads at once when it fits; otherwise per head.
-  int64_t rows = std::max<int64_t>(1, kMaxChunkElements / std::max<int64_t>(1, BH * Nk));
-  if (rows >= Nq) {
-    auto s = at::empty({BH, Nq, Nk}, q.options());
-    at::baddbmm_out(s, s, qs, kt, 0.0, scale);
+  at::Tensor buffer;
+  for_each_score_block(BH, Nq, Nk, score_block_elements(q, false), [&](auto heads, auto rows) {
+    if (!buffer.defined()) buffer = at::empty({heads.second, rows.second, Nk}, q.options());
+    auto s = buffer.narrow(0, 0, heads.second).narrow(1, 0, rows.second);
+    at::baddbmm_out(s, s, qs.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second),
+                    kt.narrow(0, heads.first, heads.second), 0.0, scale);
     at::_softmax_out(s, s, -1, false);
-    at::bmm_out(out, s, vv);
-    return out.view({B, H, Nq, v.size(3)});
-  }
-  rows = std::max<int64_t>(1, kMaxChunkElements / Nk);
-  rows = std::min(rows, Nq);
-  auto scores = at::empty({rows, Nk}, q.options());
-  for (int64_t bh = 0; bh < BH; ++bh) {
-    auto q_bh = qs[bh], k_bh = kt[bh], v_bh = vv[bh], o_bh = out[bh];
-    for (int64_t start = 0; start < Nq; start += rows) {
-      const int64_t len = std::min(rows, Nq - start);
-      auto s = scores.narrow(0, 0, len);
-      at::addmm_out(s, s, q_bh.narrow(0, start, len), k_bh, 0.0, scale);
-      at::_softmax_out(s, s, -1, false);
-      auto o = o_bh.narrow(0, start, len);
-      at::mm_out(o, s, v_bh);
-    }
-  }
+    auto o = out.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
+    at::bmm_out(o, s, vv.narrow(0, heads.first, heads.second));
+  });
   return out.view({B, H, Nq, v.size(3)});
 }
 

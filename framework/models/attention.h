@@ -54,7 +54,14 @@ class ScoreHookProcessor : public AttnProcessor {
 
 // softmax(scale * q k^T) v, computed in query chunks so the score matrix never exceeds a bounded size
 // (a 4096-token self-attention would otherwise need 1 GB per batch of 2 x 8 heads).
+// When a gradient flows through q, k or v it hands over to blockwise_attention.
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
+// Differentiable softmax(scale * q k^T) v (same shapes as above) whose backward recomputes the
+// probabilities in blocks of at most `block_elements` scores (0: 4 MB blocks on the CPU, one block per
+// layer on a GPU) instead of storing them.
+at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                               int64_t block_elements = 0);
 
 struct AttentionOptions {
   int64_t query_dim = 0;
