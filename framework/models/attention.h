@@ -58,8 +58,8 @@ class ScoreHookProcessor : public AttnProcessor {
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 
 // Differentiable softmax(scale * q k^T) v (same shapes as above) whose backward recomputes the
-// probabilities in blocks of at most `block_elements` scores (0: 4 MB blocks on the CPU, one block per
-// layer on a GPU) instead of storing them.
+// probabilities in blocks of at most `block_elements` scores instead of storing them (0: 4 MB blocks on
+// the CPU, 256 MB on a GPU; float32 inside for half-precision inputs).
 at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                int64_t block_elements = 0);
 
