@@ -14,24 +14,31 @@ namespace collage {
 namespace {
 
 // Elements of one block of scores. On the CPU 1M floats = 4 MB, so a block stays in cache from its first
-// GEMM through the softmax to the second (for inference 16 MB blocks measured the same speed). On a GPU the launches, not the memory, cost: inference keeps 16 MB blocks
-// (a 4096-token self-attention would otherwise need 1 GB per batch of 2 x 8 heads), and the differentiable
-// path takes blocks of up to 64M scores (256 MB in float32: a whole layer of the embedded model at training
-// batch 256, 4 heads of SD 1.5's 64x64 self-attention).
+// GEMM through the softmax to the second (for inference, 16 MB blocks measured the same speed). On a GPU
+// the launches, not the memory, cost: inference keeps 16 MB blocks (a 4096-token self-attention would
+// otherwise need 1 GB per batch of 2 x 8 heads), and the differentiable path takes blocks of up to 64M
+// scores (256 MB in float32: a whole layer of the embedded model at training batch 256, 4 heads of
+// SD 1.5's 64x64 self-attention).
 int64_t score_block_elements(const at::Tensor& q, bool grad) {
   if (!q.is_cuda()) return int64_t(1) << 20;
   return grad ? int64_t(1) << 26 : int64_t(1) << 22;
 }
 
-// Calls f(heads, rows) over blocks of (heads, query rows) whose scores have at most `budget` elements:
-// whole heads when at least one fits, otherwise row blocks of one head.
+// A block of heads [h, h + nh) and query rows [r, r + nr) of (BH, N, ...) tensors.
+struct ScoreBlock {
+  int64_t h, nh, r, nr;
+  at::Tensor heads(const at::Tensor& t) const { return t.narrow(0, h, nh); }
+  at::Tensor rows(const at::Tensor& t) const { return t.narrow(0, h, nh).narrow(1, r, nr); }
+};
+
+// Calls f(block) over blocks whose scores have at most `budget` elements: whole heads when at least one
+// fits, otherwise row blocks of one head. The first block is the largest.
 template <class F>
 void for_each_score_block(int64_t BH, int64_t Nq, int64_t Nk, int64_t budget, F&& f) {
   const int64_t heads = std::clamp<int64_t>(budget / std::max<int64_t>(1, Nq * Nk), 1, BH);
   const int64_t rows = heads > 1 ? Nq : std::clamp<int64_t>(budget / std::max<int64_t>(1, Nk), 1, Nq);
   for (int64_t h = 0; h < BH; h += heads)
-    for (int64_t r = 0; r < Nq; r += rows)
-      f(std::make_pair(h, std::min(heads, BH - h)), std::make_pair(r, std::min(rows, Nq - r)));
+    for (int64_t r = 0; r < Nq; r += rows) f(ScoreBlock{h, std::min(heads, BH - h), r, std::min(rows, Nq - r)});
 }
 
 // softmax(scale q k^T) v with a backward that recomputes the probabilities block by block from the saved
@@ -53,15 +60,11 @@ class BlockwiseAttention : public torch::autograd::Function<BlockwiseAttention> 
     const auto w = wide(q);
     auto out = at::empty({BH, Nq, v.size(2)}, q.options());
     auto lse = at::empty({BH, Nq, 1}, q.options().dtype(w));
-    for_each_score_block(BH, Nq, Nk, budget, [&](auto heads, auto rows) {
-      auto rows_of = [&](const at::Tensor& t) {
-        return t.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
-      };
-      auto heads_of = [&](const at::Tensor& t) { return t.narrow(0, heads.first, heads.second).to(w); };
-      auto s = at::bmm(rows_of(q).to(w), heads_of(k).transpose(1, 2)).mul_(scale);
+    for_each_score_block(BH, Nq, Nk, budget, [&](const ScoreBlock& b) {
+      auto s = at::bmm(b.rows(q).to(w), b.heads(k).to(w).transpose(1, 2)).mul_(scale);
       auto l = at::logsumexp(s, -1, true);
-      rows_of(out).copy_(at::bmm(s.sub_(l).exp_(), heads_of(v)));
-      rows_of(lse).copy_(l);
+      b.rows(out).copy_(at::bmm(s.sub_(l).exp_(), b.heads(v).to(w)));
+      b.rows(lse).copy_(l);
     });
     ctx->save_for_backward({q, k, v, out, lse});
     ctx->saved_data["scale"] = scale;
@@ -80,19 +83,16 @@ class BlockwiseAttention : public torch::autograd::Function<BlockwiseAttention> 
     const int64_t BH = q.size(0), Nq = q.size(1), Nk = k.size(1);
     // softmax backward: dS = P * (dP - rowsum(dO * O)), with dP = dO v^T; P recomputed from the saved lse
     const auto delta = (d_out * out.to(w)).sum(-1, true);
-    auto dq = at::empty_like(q), dk = at::zeros_like(k, k.options().dtype(w)), dv = at::zeros_like(v, v.options().dtype(w));
-    for_each_score_block(BH, Nq, Nk, budget, [&](auto heads, auto rows) {
-      auto rows_of = [&](const at::Tensor& t) {
-        return t.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
-      };
-      auto heads_of = [&](const at::Tensor& t) { return t.narrow(0, heads.first, heads.second); };
-      auto qb = rows_of(q).to(w), dob = rows_of(d_out);
-      auto kb = heads_of(k).to(w), vb = heads_of(v).to(w);
-      auto p = at::bmm(qb, kb.transpose(1, 2)).mul_(scale).sub_(rows_of(lse)).exp_();
-      heads_of(dv).baddbmm_(p.transpose(1, 2), dob);
-      auto ds = at::bmm(dob, vb.transpose(1, 2)).sub_(rows_of(delta)).mul_(p);
-      rows_of(dq).copy_(at::bmm(ds, kb).mul_(scale));
-      heads_of(dk).baddbmm_(ds.transpose(1, 2), qb, 1.0, scale);
+    auto dq = at::empty_like(q);
+    auto dk = at::zeros_like(k, k.options().dtype(w)), dv = at::zeros_like(v, v.options().dtype(w));
+    for_each_score_block(BH, Nq, Nk, budget, [&](const ScoreBlock& b) {
+      auto qb = b.rows(q).to(w), dob = b.rows(d_out);
+      auto kb = b.heads(k).to(w), vb = b.heads(v).to(w);
+      auto p = at::bmm(qb, kb.transpose(1, 2)).mul_(scale).sub_(b.rows(lse)).exp_();
+      b.heads(dv).baddbmm_(p.transpose(1, 2), dob);
+      auto ds = at::bmm(dob, vb.transpose(1, 2)).sub_(b.rows(delta)).mul_(p);
+      b.rows(dq).copy_(at::bmm(ds, kb).mul_(scale));
+      b.heads(dk).baddbmm_(ds.transpose(1, 2), qb, 1.0, scale);
     });
     return {dq, dk.to(k.scalar_type()), dv.to(v.scalar_type()), at::Tensor(), at::Tensor()};
   }
@@ -121,14 +121,13 @@ at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at:
   auto vv = v.reshape({BH, Nk, v.size(3)});
   auto out = at::empty({BH, Nq, v.size(3)}, q.options());
   at::Tensor buffer;
-  for_each_score_block(BH, Nq, Nk, score_block_elements(q, false), [&](auto heads, auto rows) {
-    if (!buffer.defined()) buffer = at::empty({heads.second, rows.second, Nk}, q.options());
-    auto s = buffer.narrow(0, 0, heads.second).narrow(1, 0, rows.second);
-    at::baddbmm_out(s, s, qs.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second),
-                    kt.narrow(0, heads.first, heads.second), 0.0, scale);
+  for_each_score_block(BH, Nq, Nk, score_block_elements(q, false), [&](const ScoreBlock& b) {
+    if (!buffer.defined()) buffer = at::empty({b.nh, b.nr, Nk}, q.options());
+    auto s = buffer.narrow(0, 0, b.nh).narrow(1, 0, b.nr);
+    at::baddbmm_out(s, s, b.rows(qs), b.heads(kt), 0.0, scale);
     at::_softmax_out(s, s, -1, false);
-    auto o = out.narrow(0, heads.first, heads.second).narrow(1, rows.first, rows.second);
-    at::bmm_out(o, s, vv.narrow(0, heads.first, heads.second));
+    auto o = b.rows(out);
+    at::bmm_out(o, s, b.heads(vv));
   });
   return out.view({B, H, Nq, v.size(3)});
 }

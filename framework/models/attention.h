@@ -52,7 +52,7 @@ class ScoreHookProcessor : public AttnProcessor {
   virtual void observe_probs(const at::Tensor& probs, const AttnContext& ctx) {}
 };
 
-// softmax(scale * q k^T) v, computed in query chunks so the score matrix never exceeds a bounded size
+// softmax(scale * q k^T) v, computed in blocks of heads / query rows so the scores never exceed a bounded size
 // (a 4096-token self-attention would otherwise need 1 GB per batch of 2 x 8 heads).
 // When a gradient flows through q, k or v it hands over to blockwise_attention.
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
