@@ -15,6 +15,7 @@
 #include "diffusion/pipeline.h"
 #include "models/attention.h"
 #include "models/unet_2d_condition.h"
+#include "parity/parity.h"
 
 namespace fs = std::filesystem;
 
@@ -164,62 +165,22 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     apply_runtime(global);
     const auto device = parse_device(global.device);
     const auto opts = at::TensorOptions().dtype(parse_dtype(global.dtype, device)).device(device);
-    const double scale = 1.0 / std::sqrt(double(aa->dim));
-    auto q = at::randn({aa->batch, aa->heads, aa->queries, aa->dim}, opts);
-    auto k = at::randn({aa->batch, aa->heads, aa->keys, aa->dim}, opts);
-    auto v = at::randn({aa->batch, aa->heads, aa->keys, aa->dim}, opts);
-    auto d_out = at::randn_like(q);
-    auto plain = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
-      return at::matmul(at::softmax(at::matmul(qq, kk.transpose(-1, -2)) * scale, -1), vv);
-    };
-    auto blockwise = [&](const at::Tensor& qq, const at::Tensor& kk, const at::Tensor& vv) {
-      return blockwise_attention(qq, kk, vv, scale);
-    };
-    struct Result {
-      double seconds = 1e30, peak = 0;
-      std::vector<at::Tensor> values;
-    };
-    auto run = [&](auto&& attention) {
-      Result r;
-      for (int64_t i = 0; i <= aa->repeat; ++i) {  // the first run warms up
-        auto qq = q.clone().requires_grad_(), kk = k.clone().requires_grad_(), vv = v.clone().requires_grad_();
-        synchronize(device);
-        reset_peak();
-        const double t0 = now_seconds();
-        auto out = attention(qq, kk, vv);
-        out.backward(d_out);
-        synchronize(device);
-        if (i > 0) r.seconds = std::min(r.seconds, now_seconds() - t0);
-        r.peak = std::max(r.peak, read_status_bytes("VmHWM"));
-        r.values = {out.detach(), qq.grad(), kk.grad(), vv.grad()};
-      }
-      return r;
-    };
     const double flops = 2.0 * 2.0 * aa->batch * aa->heads * aa->queries * aa->keys * aa->dim;  // forward GEMMs
     std::cout << fmt::format("attention fwd+bwd: batch {} x {} heads, {} queries x {} keys, head dim {}, {}, "
                              "{} threads\n",
-                             aa->batch, aa->heads, aa->queries, aa->keys, aa->dim, c10::toString(q.scalar_type()),
-                             at::get_num_threads());
-    const auto base = run(plain);
-    const auto ours = run(blockwise);
-    double worst = 0;
-    const char* names[] = {"output", "dq", "dk", "dv"};
-    std::string diffs;
-    for (size_t i = 0; i < 4; ++i) {
-      const double d = (ours.values[i] - base.values[i]).abs().max().item<double>() /
-                       std::max(1e-30, base.values[i].abs().max().item<double>());
-      worst = std::max(worst, d);
-      diffs += fmt::format(" {} {:.1e}", names[i], d);
-    }
+                             aa->batch, aa->heads, aa->queries, aa->keys, aa->dim,
+                             c10::toString(opts.dtype().toScalarType()), at::get_num_threads());
+    const auto r = parity::check_attention_gradients(aa->batch, aa->heads, aa->queries, aa->keys, aa->dim, opts,
+                                                     aa->repeat);
     const bool cpu = device.is_cpu();
-    std::cout << fmt::format("  plain autograd graph: {:.3f} s{}\n", base.seconds,
-                             cpu ? fmt::format(", peak RSS {:.2f} GB", base.peak / 1e9) : "");
-    std::cout << fmt::format("  blockwise:            {:.3f} s{}\n", ours.seconds,
-                             cpu ? fmt::format(", peak RSS {:.2f} GB", ours.peak / 1e9) : "");
+    std::cout << fmt::format("  plain autograd graph: {:.3f} s{}\n", r.graph_seconds,
+                             cpu ? fmt::format(", peak RSS {:.2f} GB", r.graph_peak_bytes / 1e9) : "");
+    std::cout << fmt::format("  blockwise:            {:.3f} s{}\n", r.blockwise_seconds,
+                             cpu ? fmt::format(", peak RSS {:.2f} GB", r.blockwise_peak_bytes / 1e9) : "");
     std::cout << fmt::format("  speed-up {:.2f}x; forward GEMMs alone {:.1f} GFLOP; largest difference relative "
-                             "to the plain graph's largest value:{}\n",
-                             base.seconds / ours.seconds, flops / 1e9, diffs);
-    COLLAGE_CHECK(worst < 1e-3, "blockwise attention disagrees with the plain graph (relative {:.2e})", worst);
+                             "to the plain graph's largest value: {}\n",
+                             r.graph_seconds / r.blockwise_seconds, flops / 1e9, r.summary());
+    COLLAGE_CHECK(r.worst < 1e-3, "blockwise attention disagrees with the plain graph (relative {:.2e})", r.worst);
   });
 
   unet->callback([a, &global] {

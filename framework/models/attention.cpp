@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include "core/error.h"
@@ -110,11 +112,20 @@ at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const a
   return out.view({B, H, Nq, v.size(3)});
 }
 
+at::Tensor graph_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  return at::matmul(at::softmax(at::matmul(q, k.transpose(-1, -2)) * scale, -1), v);
+}
+
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
   const int64_t BH = B * H;
-  if (at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))
-    return blockwise_attention(q, k, v, scale);  // training, textual inversion
+  if (at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad())) {
+    static const bool use_graph = [] {  // read once: the choice holds for the whole process
+      const char* e = std::getenv("COLLAGE_ATTENTION_GRADIENTS");
+      return e && std::string(e) == "graph";
+    }();
+    return use_graph ? graph_attention(q, k, v, scale) : blockwise_attention(q, k, v, scale);
+  }
   // Scores as diffusers computes them: baddbmm(q, k^T, beta=0, alpha=scale) (scaling inside the GEMM).
   auto qs = q.reshape({BH, Nq, D});
   auto kt = k.reshape({BH, Nk, D}).transpose(1, 2);

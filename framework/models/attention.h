@@ -63,6 +63,11 @@ at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at:
 at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                int64_t block_elements = 0);
 
+// softmax(scale * q k^T) v through the plain autograd graph, which stores the probabilities: the reference
+// the blockwise attention is checked against, and what gradients use instead when the environment sets
+// COLLAGE_ATTENTION_GRADIENTS=graph (an escape hatch for a device where the blockwise path misbehaves).
+at::Tensor graph_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
 struct AttentionOptions {
   int64_t query_dim = 0;
   int64_t cross_attention_dim = 0;  // 0 = self-attention (keys from the queries' input)

@@ -6,6 +6,7 @@
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+#include <c10/core/TensorOptions.h>
 
 #include <functional>
 #include <string>
@@ -83,5 +84,20 @@ void check_unet(const std::string& folder, Recorder& rec);
 void check_vae(const std::string& folder, Recorder& rec);
 void check_schedulers(const std::string& folder, Recorder& rec);
 void check_pipeline(const std::string& folder, Recorder& rec);
+
+// The blockwise attention (what training and textual inversion differentiate through) against the plain
+// autograd graph on random inputs of one shape: forward + backward time of each (best of `repeat` after a
+// warm-up), peak resident memory on the CPU (0 on a GPU), and the largest difference of the output and of
+// dq, dk, dv relative to the plain graph's largest value. Used by `collage bench attention` and by the
+// device check before it trains on a GPU.
+struct AttentionGradientCheck {
+  double graph_seconds = 0, blockwise_seconds = 0;
+  double graph_peak_bytes = 0, blockwise_peak_bytes = 0;
+  double difference[4] = {0, 0, 0, 0};  // output, dq, dk, dv
+  double worst = 0;
+  std::string summary() const;          // "output 1.2e-07 dq ... dv ..."
+};
+AttentionGradientCheck check_attention_gradients(int64_t batch, int64_t heads, int64_t queries, int64_t keys,
+                                                 int64_t dim, const at::TensorOptions& options, int64_t repeat);
 
 }  // namespace collage::parity

@@ -20,7 +20,7 @@ SOURCES=(
   framework/core/{compare,json,paths,safetensors,version}.cpp
   framework/models/*.cpp
   framework/diffusion/*.cpp
-  framework/parity/{recorder,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
+  framework/parity/{attention_parity,recorder,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
   framework/training/trainer.cpp
   datasets/shapesworld/{world,render}.cpp
   scripts/device/device_check.cpp

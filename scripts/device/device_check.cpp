@@ -6,6 +6,9 @@
 //   device_check parity GOLDEN_DIR [float32|float16|bfloat16]   golden parity on cuda (exit 1 on failure)
 //   device_check bench-unet UNET_CONFIG [float32|float16] [latent] [batch] [repeat]
 //   device_check train TRAIN_CONFIG OUT_DIR MINUTES [batch_size (0: the config's)] [resume]
+//   device_check attention [batch heads queries keys dim]   blockwise attention vs the plain graph, fwd + bwd
+//                           (exit 1: they disagree, 3: blockwise over 2x slower; run_checks.sh then trains
+//                           with COLLAGE_ATTENTION_GRADIENTS=graph)
 #include <ATen/Context.h>
 #include <torch/torch.h>
 
@@ -132,12 +135,27 @@ int train_on_cuda(const std::string& config_path, const std::string& out, double
   return 0;
 }
 
+// Defaults: the embedded model's first self-attention at training batch 256 (4 heads of 24, 16x16 tokens).
+int check_attention(const std::vector<std::string>& a) {
+  auto arg = [&](size_t i, int64_t d) { return a.size() > i ? std::stoll(a[i]) : d; };
+  const int64_t batch = arg(1, 256), heads = arg(2, 4), queries = arg(3, 256), keys = arg(4, 256), dim = arg(5, 24);
+  at::globalContext().setAllowTF32CuBLAS(false);  // float32 GEMMs, so the difference measures the algorithm
+  const auto r = parity::check_attention_gradients(batch, heads, queries, keys, dim,
+                                                   at::TensorOptions().device(target_device()), 5);
+  std::cout << fmt::format("attention fwd+bwd float32 batch {} x {} heads, {} x {} tokens, dim {}: plain graph "
+                           "{:.2f} ms, blockwise {:.2f} ms; difference relative to the graph's largest value: {}\n",
+                           batch, heads, queries, keys, dim, r.graph_seconds * 1e3, r.blockwise_seconds * 1e3,
+                           r.summary());
+  if (r.worst > 1e-3) return 1;
+  return r.blockwise_seconds > 2 * r.graph_seconds ? 3 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     std::vector<std::string> a(argv + 1, argv + argc);
-    if (a.empty()) throw std::runtime_error("usage: device_check parity|bench-unet|train ...");
+    if (a.empty()) throw std::runtime_error("usage: device_check parity|bench-unet|train|attention ...");
     std::cout << fmt::format("libtorch {}, CUDA available {}, {} device(s), {} CPU threads\n", TORCH_VERSION,
                              torch::cuda::is_available(), torch::cuda::device_count(), at::get_num_threads());
     if (a[0] == "parity" && a.size() >= 2) return run_parity_on_cuda(a[1], a.size() > 2 ? a[2] : "float32");
@@ -147,6 +165,7 @@ int main(int argc, char** argv) {
     if (a[0] == "train" && a.size() >= 4)
       return train_on_cuda(a[1], a[2], std::stod(a[3]), a.size() > 4 ? std::stoll(a[4]) : 0,
                            a.size() > 5 && a[5] == "resume");
+    if (a[0] == "attention") return check_attention(a);
     throw std::runtime_error("unknown or incomplete command: " + a[0]);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

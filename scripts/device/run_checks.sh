@@ -7,6 +7,7 @@
 #   OUT=/tmp/out BUDGET_S=560 [RESUME_FROM=assets/shapesworld/run2] [TRAIN_CONFIG=...] [CHECKS=0] \
 #     bash scripts/device/run_checks.sh
 # CHECKS=0 skips the parity and the SD 1.5 timing (shown by an earlier lease) and trains for all the time.
+# CONTINUE=1 continues the previous call's training on the same warm machine (no build, optimiser kept).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device_out}
@@ -21,10 +22,22 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 g++ --version | head -1
 
 export LD_LIBRARY_PATH=/tmp/collage_devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}  # ICU for the transitive deps
-JOBS=$(nproc) bash scripts/device/build.sh || { echo "BUILD FAILED after $(elapsed) s"; exit 1; }
-echo "== build done at $(elapsed) s"
 B=/tmp/device_check
 G=tests/data/golden
+# CONTINUE=1 (a second call on the same warm machine): keep the binary, and resume /tmp/swtrain in place
+# with its optimiser state.
+if [ "${CONTINUE:-0}" = 1 ] && [ -x $B ]; then
+  echo "== continuing: binary and /tmp/swtrain from the previous call"
+else
+  JOBS=$(nproc) bash scripts/device/build.sh || { echo "BUILD FAILED after $(elapsed) s"; exit 1; }
+  echo "== build done at $(elapsed) s"
+  # Gradients through attention use the blockwise path; if it disagrees with the plain graph on this device
+  # (or is over 2x slower, or fails), train with the plain graph instead.
+  $B attention; rc=$?
+  echo "== attention check exit $rc at $(elapsed) s"
+  if [ $rc != 0 ]; then echo "COLLAGE_ATTENTION_GRADIENTS=graph" > /tmp/attention.env; else : > /tmp/attention.env; fi
+fi
+if [ -s /tmp/attention.env ]; then export $(cat /tmp/attention.env); echo "== training with $(cat /tmp/attention.env)"; fi
 if [ "${CHECKS:-1}" != 0 ]; then
 $B parity $G float32; echo "== parity float32 exit $? at $(elapsed) s"
 $B parity $G float16; echo "== parity float16 exit $? at $(elapsed) s"
@@ -46,9 +59,13 @@ fi
 left=$(( BUDGET_S - $(elapsed) - 60 ))   # 60 s for the export and the packing
 if [ "$left" -gt 60 ]; then
   minutes=$(python3 -c "print(round($left / 60.0, 2))")
-  rm -rf /tmp/swtrain
   resume=""
-  if [ -n "${RESUME_FROM:-}" ]; then cp -r "$RESUME_FROM" /tmp/swtrain; resume=resume; fi
+  if [ "${CONTINUE:-0}" = 1 ] && [ -d /tmp/swtrain/checkpoints ]; then
+    resume=resume
+  else
+    rm -rf /tmp/swtrain
+    if [ -n "${RESUME_FROM:-}" ]; then cp -r "$RESUME_FROM" /tmp/swtrain; resume=resume; fi
+  fi
   echo "== training for $minutes min ${RESUME_FROM:+(resuming $RESUME_FROM)}"
   $B train "$TRAIN_CONFIG" /tmp/swtrain "$minutes" 0 $resume; echo "== train exit $? at $(elapsed) s"
   # Bring back what a later run needs even if the export failed: the newest checkpoint's EMA weights in
@@ -56,6 +73,7 @@ if [ "$left" -gt 60 ]; then
   # is exported here from them (64 MB come back at most).
   ck=$(ls -d /tmp/swtrain/checkpoints/step_* 2>/dev/null | tail -1)
   if [ -n "$ck" ]; then
+    rm -rf /tmp/pack /tmp/run.tar
     mkdir -p /tmp/pack/run/checkpoints/$(basename "$ck")
     python3 - "$ck/ema.safetensors" "/tmp/pack/run/checkpoints/$(basename "$ck")/ema.safetensors" <<'PY' || cp "$ck/ema.safetensors" /tmp/pack/run/checkpoints/$(basename "$ck")/
 import sys

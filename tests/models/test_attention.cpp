@@ -1,14 +1,18 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "models/attention.h"
+#include "parity/parity.h"
 
 namespace collage {
 namespace {
 
-// The plain autograd graph the blockwise attention replaces.
+// The plain autograd graph the blockwise attention replaces (also the COLLAGE_ATTENTION_GRADIENTS=graph path).
 at::Tensor plain_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
-  return at::matmul(at::softmax(at::matmul(q, k.transpose(-1, -2)) * scale, -1), v);
+  return graph_attention(q, k, v, scale);
 }
 
 struct Grads {
@@ -99,6 +103,21 @@ TEST(BlockwiseAttention, ChunkedAttentionUsesItOnlyUnderGrad) {
   const auto inner = out.grad_fn()->next_edges().at(0).function->name();
   EXPECT_NE(inner.find("BlockwiseAttention"), std::string::npos) << inner;
   EXPECT_TRUE(at::allclose(out, plain_attention(q, k, v, 0.5), 1e-5, 1e-6));
+}
+
+// The comparison the device check runs before training on a GPU (and `collage bench attention`): it times both
+// paths and reports differences at the level of the arithmetic (float64 here), not zero and not garbage.
+TEST(BlockwiseAttention, GradientCheckReportsAgreement) {
+  const auto r = parity::check_attention_gradients(2, 3, 40, 24, 8, at::TensorOptions().dtype(at::kDouble), 1);
+  for (double d : r.difference) {
+    EXPECT_LT(d, 1e-12);
+    EXPECT_GE(d, 0.0);
+  }
+  EXPECT_EQ(r.worst, *std::max_element(std::begin(r.difference), std::end(r.difference)));
+  EXPECT_GT(r.graph_seconds, 0.0);
+  EXPECT_GT(r.blockwise_seconds, 0.0);
+  EXPECT_GT(r.blockwise_peak_bytes, 0.0);  // CPU: peak resident memory is measured
+  EXPECT_NE(r.summary().find("dk"), std::string::npos);
 }
 
 }  // namespace
