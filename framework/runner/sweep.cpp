@@ -252,7 +252,7 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
         COLLAGE_CHECK_AT(l < L, config.path, "editing.layers", "layer {} does not exist in collage {} ({} layers)", l,
                          collages[c].name, L);
       if (int64_t(c * config.runs.size() + ed.start_run) % options.shard_count == options.shard_index)
-        for (int64_t r = 1; r <= int64_t(ed.rounds.size()); ++r) units.push_back({c, r - 1, r});
+        for (int64_t r = 1; r <= int64_t(ed.rounds.size()); ++r) units.push_back({c, size_t(r - 1), r});
     }
   summary.units_total = static_cast<int64_t>(units.size());
 
