@@ -6,12 +6,12 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "cli/common.h"
 #include "core/paths.h"
 #include "core/core.h"
+#include "core/process.h"
 #include "diffusion/pipeline.h"
 #include "models/attention.h"
 #include "models/unet_2d_condition.h"
@@ -22,16 +22,6 @@ namespace fs = std::filesystem;
 namespace collage::cli {
 
 namespace {
-
-// Peak resident set size (VmHWM) in bytes; reset_peak() starts a new measurement window (Linux clear_refs 5).
-double read_status_bytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key + ":", 0) == 0) return std::stod(line.substr(key.size() + 1)) * 1024.0;
-  return 0;
-}
-void reset_peak() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 void synchronize(const at::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
@@ -128,14 +118,14 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     po.dtype = global.dtype;
     sd->prepare(po);
     std::cout << fmt::format("random {} pipeline built in {:.1f} s; resident {:.2f} GB\n", pa->config,
-                             now_seconds() - t0, read_status_bytes("VmRSS") / 1e9);
+                             now_seconds() - t0, process_memory_bytes("VmRSS") / 1e9);
     GenerateRequest req;
     req.prompt = "a red barn in a field, highly detailed";
     req.negative_prompt = "blurry";
     req.steps = pa->steps;
     req.height = req.width = pa->size;
     SeededNoise noise({0});
-    reset_peak();
+    reset_peak_memory();
     t0 = now_seconds();
     auto out = txt2img(*sd, req, noise, 1);
     const double seconds = now_seconds() - t0;
@@ -144,7 +134,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
                              out.images.size(2), out.images.size(3), out.timesteps.size(), seconds,
                              seconds / out.timesteps.size());
     if (sd->device.is_cpu())
-      std::cout << fmt::format("  peak RSS during the run {:.2f} GB\n", read_status_bytes("VmHWM") / 1e9);
+      std::cout << fmt::format("  peak RSS during the run {:.2f} GB\n", process_memory_bytes("VmHWM") / 1e9);
   });
 
   struct AttnArgs {
@@ -212,8 +202,8 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     auto context = at::randn({a->batch, a->tokens, config.cross_attention_dim}, opts);
     auto timestep = at::scalar_tensor(500.0, at::TensorOptions().device(device));
     const double flops = unet_flops(config, a->batch, a->latent, a->latent, a->tokens);
-    const double rss_before = read_status_bytes("VmRSS");
-    reset_peak();
+    const double rss_before = process_memory_bytes("VmRSS");
+    reset_peak_memory();
     t0 = now_seconds();
     auto out = model->forward(sample, timestep, context);
     synchronize(device);
@@ -228,7 +218,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
       best = std::min(best, s);
       total += s;
     }
-    const double peak = read_status_bytes("VmHWM");
+    const double peak = process_memory_bytes("VmHWM");
     if (!a->profile.empty()) {
       torch::autograd::profiler::RecordProfile guard(a->profile);
       model->forward(sample, timestep, context);

@@ -5,25 +5,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <fmt/format.h>
 
+#include "core/process.h"
 #include "models/attention.h"
 #include "parity/parity.h"
 
 namespace collage::parity {
 
 namespace {
-
-// Peak resident set size (VmHWM) in bytes since the last reset_peak() (Linux clear_refs 5).
-double peak_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
-  return 0;
-}
-void reset_peak() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 double seconds_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -58,13 +48,13 @@ AttentionGradientCheck check_attention_gradients(int64_t batch, int64_t heads, i
     for (int64_t i = 0; i <= repeat; ++i) {  // the first run warms up
       auto qq = q.clone().requires_grad_(), kk = k.clone().requires_grad_(), vv = v.clone().requires_grad_();
       sync();
-      if (!cuda) reset_peak();
+      if (!cuda) reset_peak_memory();
       const double t0 = seconds_now();
       auto out = attention(qq, kk, vv);
       out.backward(d_out);
       sync();
       if (i > 0) r.seconds = std::min(r.seconds, seconds_now() - t0);
-      if (!cuda) r.peak = std::max(r.peak, peak_rss_bytes());
+      if (!cuda) r.peak = std::max(r.peak, process_memory_bytes("VmHWM"));
       r.values = {out.detach(), qq.grad(), kk.grad(), vv.grad()};
     }
     return r;

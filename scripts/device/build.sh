@@ -17,7 +17,7 @@ if [ -f "$DEPS_TARBALL" ]; then tar xJf "$DEPS_TARBALL" -C "$DEPS_DIR"; fi
 ABI=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null || echo 1)
 
 SOURCES=(
-  framework/core/{compare,json,paths,safetensors,version}.cpp
+  framework/core/{compare,json,paths,process,safetensors,version}.cpp
   framework/models/*.cpp
   framework/diffusion/*.cpp
   framework/parity/{attention_parity,recorder,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
