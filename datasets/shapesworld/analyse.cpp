@@ -21,7 +21,6 @@
 #include <array>
 #include <cmath>
 #include <numeric>
-#include <opencv2/core.hpp>
 #include <queue>
 #include <set>
 
@@ -162,9 +161,38 @@ struct Quadratic {
   }
 };
 
+// Solves the 6x6 system a x = b (3 right-hand sides) in place by Gaussian elimination with partial pivoting;
+// false when a is singular. Our own few lines instead of OpenCV, so that the analyser also builds where only
+// libtorch is (the GPU machine's evaluation).
+bool solve6(double a[6][6], double b[6][3]) {
+  for (int col = 0; col < 6; ++col) {
+    int pivot = col;
+    for (int r = col + 1; r < 6; ++r)
+      if (std::abs(a[r][col]) > std::abs(a[pivot][col])) pivot = r;
+    if (!(std::abs(a[pivot][col]) > 1e-300)) return false;
+    if (pivot != col) {
+      std::swap(a[pivot], a[col]);
+      std::swap(b[pivot], b[col]);
+    }
+    for (int r = col + 1; r < 6; ++r) {
+      const double f = a[r][col] / a[col][col];
+      if (f == 0) continue;
+      for (int k = col; k < 6; ++k) a[r][k] -= f * a[col][k];
+      for (int k = 0; k < 3; ++k) b[r][k] -= f * b[col][k];
+    }
+  }
+  for (int r = 5; r >= 0; --r)
+    for (int k = 0; k < 3; ++k) {
+      double v = b[r][k];
+      for (int c = r + 1; c < 6; ++c) v -= a[r][c] * b[c][k];
+      b[r][k] = v / a[r][r];
+    }
+  return true;
+}
+
 // Least squares over the selected pixels; false when there are too few.
 bool fit_quadratic(const Image& img, const std::vector<uint8_t>& use, Quadratic& q) {
-  cv::Mat ata = cv::Mat::zeros(6, 6, CV_64F), atb = cv::Mat::zeros(6, 3, CV_64F);
+  double ata[6][6] = {}, atb[6][3] = {};
   int count = 0;
   double t[6];
   for (int y = 0; y < img.h; ++y)
@@ -175,20 +203,20 @@ bool fit_quadratic(const Image& img, const std::vector<uint8_t>& use, Quadratic&
       Quadratic::terms((x + 0.5) / img.w, (y + 0.5) / img.h, t);
       const V3 p = img.px[i];
       for (int a = 0; a < 6; ++a) {
-        for (int b = a; b < 6; ++b) ata.at<double>(a, b) += t[a] * t[b];
-        atb.at<double>(a, 0) += t[a] * p.r;
-        atb.at<double>(a, 1) += t[a] * p.g;
-        atb.at<double>(a, 2) += t[a] * p.b;
+        for (int b = a; b < 6; ++b) ata[a][b] += t[a] * t[b];
+        atb[a][0] += t[a] * p.r;
+        atb[a][1] += t[a] * p.g;
+        atb[a][2] += t[a] * p.b;
       }
     }
   if (count < 12) return false;
-  for (int a = 0; a < 6; ++a)
-    for (int b = 0; b < a; ++b) ata.at<double>(a, b) = ata.at<double>(b, a);
-  ata += cv::Mat::eye(6, 6, CV_64F) * 1e-6 * count;  // keeps a one-sided selection well posed
-  cv::Mat sol;
-  if (!cv::solve(ata, atb, sol, cv::DECOMP_SVD)) return false;
+  for (int a = 0; a < 6; ++a) {
+    for (int b = 0; b < a; ++b) ata[a][b] = ata[b][a];
+    ata[a][a] += 1e-6 * count;  // keeps a one-sided selection well posed
+  }
+  if (!solve6(ata, atb)) return false;
   for (int c = 0; c < 3; ++c)
-    for (int a = 0; a < 6; ++a) q.c[c][a] = sol.at<double>(a, c);
+    for (int a = 0; a < 6; ++a) q.c[c][a] = atb[a][c];
   return true;
 }
 

@@ -151,10 +151,31 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     o.steps = ea->steps;
     o.guidance = ea->guidance;
     o.seed = ea->seed;
-    o.image_dir = ea->images;
+    std::vector<at::Tensor> grid;  // framed thumbnails: green = every named object found, red = not
+    if (!ea->images.empty()) {
+      fs::create_directories(ea->images);
+      o.on_image = [&](int64_t i, const at::Tensor& image, bool ok) {
+        write_image((fs::path(ea->images) / fmt::format("{:03d}_{}.png", i, ok ? "ok" : "fail")).string(), image);
+        auto framed = at::zeros({3, image.size(1) + 4, image.size(2) + 4});
+        framed[ok ? 1 : 0].fill_(1.0);
+        framed.slice(1, 2, 2 + image.size(1)).slice(2, 2, 2 + image.size(2)).copy_(image);
+        grid.push_back(framed);
+      };
+    }
     Progress progress("eval");
     auto r = training::evaluate_shapesworld(model, o, progress.callback());
     std::cerr << "\n";
+    if (!grid.empty()) {
+      const size_t per_row = 10;
+      while (grid.size() % per_row) grid.push_back(at::zeros_like(grid[0]));
+      std::vector<at::Tensor> rows;
+      for (size_t k = 0; k < grid.size(); k += per_row)
+        rows.push_back(at::cat(std::vector<at::Tensor>(grid.begin() + k, grid.begin() + k + per_row), 2));
+      auto g = at::cat(rows, 1).unsqueeze(0);
+      g = at::upsample_nearest2d(g, {g.size(2) * 3, g.size(3) * 3}).squeeze(0);
+      write_image((fs::path(ea->images) / "grid.png").string(), g);
+      write_json_file((fs::path(ea->images) / "eval.json").string(), r.to_json());
+    }
     if (!ea->json.empty()) write_json_file(ea->json, r.to_json());
     std::cout << fmt::format(
         "{} prompts ({} steps, guidance {}): every named object found {}/{} = {:.1f} % (and nothing else: {}/{} = "

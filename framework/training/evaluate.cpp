@@ -3,10 +3,10 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "core/error.h"
-#include "core/image.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "diffusion/pipeline.h"
 #include "diffusion/sampler.h"
@@ -52,6 +52,8 @@ EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions&
     return false;
   };
   PipelineOptions po;
+  po.device = options.device;
+  po.dtype = "float32";  // as on the CPU, so that GPU and CPU evaluations compare
   auto sd = StableDiffusion::load(model_dir, po);
   const auto colours = shapesworld::colour_names();
   const auto shapes = shapesworld::shape_names();
@@ -59,7 +61,6 @@ EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions&
   std::mt19937_64 rng(options.seed * 7919 + 17);
   EvalResult res;
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<at::Tensor> grid;
   std::vector<std::string> prompts;
   std::vector<std::vector<shapesworld::ObjectSpec>> objects;
   std::vector<shapesworld::ObjectSpec> firsts;
@@ -108,11 +109,11 @@ EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions&
     }
     auto& scheduler = *sd->scheduler;
     scheduler.set_timesteps(options.steps);
-    auto latents = noise.draw({B, sd->vae->latent_channels(), h, h}, at::TensorOptions().dtype(at::kFloat),
-                              "initial_latents") *
+    auto latents = noise.draw({B, sd->vae->latent_channels(), h, h},
+                              at::TensorOptions().dtype(at::kFloat).device(sd->device), "initial_latents") *
                    scheduler.init_noise_sigma();
     auto result = run_sampler(scheduler, make_cfg_denoiser(*sd, embeds, options.guidance), latents, 0, noise);
-    auto images = sd->decode_latents(result.latents).to(at::kFloat);
+    auto images = sd->decode_latents(result.latents).to(at::kFloat).cpu();
     for (int64_t k = 0; k < B; ++k) {
       const int64_t i = c0 + k;
       auto image = images[k].contiguous();
@@ -132,30 +133,11 @@ EvalResult evaluate_shapesworld(const std::string& model_dir, const EvalOptions&
       res.prompt_texts.push_back(prompts[size_t(i)]);
       res.success.push_back(all);
       res.detected.push_back(static_cast<int64_t>(dets.size()));
-      if (!options.image_dir.empty()) {
-        fs::create_directories(options.image_dir);
-        write_image((fs::path(options.image_dir) / fmt::format("{:03d}_{}.png", i, all ? "ok" : "fail")).string(),
-                    image);
-        auto framed = at::zeros({3, image.size(1) + 4, image.size(2) + 4});
-        framed[all ? 1 : 0].fill_(1.0);
-        framed.slice(1, 2, 2 + image.size(1)).slice(2, 2, 2 + image.size(2)).copy_(image);
-        grid.push_back(framed);
-      }
+      if (options.on_image) options.on_image(i, image, all);
     }
     if (progress) progress(c0 + B, options.n);
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!options.image_dir.empty() && !grid.empty()) {
-    const int64_t per_row = 10;
-    while (grid.size() % per_row) grid.push_back(at::zeros_like(grid[0]));
-    std::vector<at::Tensor> rows;
-    for (size_t r = 0; r < grid.size(); r += per_row)
-      rows.push_back(at::cat(std::vector<at::Tensor>(grid.begin() + r, grid.begin() + r + per_row), 2));
-    auto g = at::cat(rows, 1).unsqueeze(0);
-    g = at::upsample_nearest2d(g, {g.size(2) * 3, g.size(3) * 3}).squeeze(0);
-    write_image((fs::path(options.image_dir) / "grid.png").string(), g);
-    write_json_file((fs::path(options.image_dir) / "eval.json").string(), res.to_json());
-  }
   return res;
 }
 

@@ -52,6 +52,9 @@ TrainConfig TrainConfig::from_json(const Json& j, const std::string& file) {
   JsonReader r(j, file);
   detail::read_shared_keys(r, c);
   c.ema_decay = r.get<double>("ema_decay", c.ema_decay);
+  c.lr_decay = r.get<std::string>("lr_decay", c.lr_decay);
+  COLLAGE_CHECK_AT(c.lr_decay == "constant" || c.lr_decay == "cosine", file, "lr_decay",
+                   "'{}': expected \"constant\" or \"cosine\"", c.lr_decay);
   c.caption_dropout = r.get<double>("caption_dropout", c.caption_dropout);
   c.checkpoint_every = r.get<int64_t>("checkpoint_every", c.checkpoint_every);
   c.keep_checkpoints = r.get<int64_t>("keep_checkpoints", c.keep_checkpoints);
@@ -330,6 +333,11 @@ StepStats Trainer::train_step(const Batch* fixed) {
   StepStats st;
   st.lr = config_.learning_rate *
           std::min(1.0, double(step_ - warmup_start_ + 1) / double(std::max<int64_t>(1, config_.warmup_steps)));
+  const int64_t warm_end = warmup_start_ + config_.warmup_steps;
+  if (config_.lr_decay == "cosine" && step_ >= warm_end && config_.max_steps > warm_end) {
+    const double f = std::min(1.0, double(step_ - warm_end) / double(config_.max_steps - warm_end));
+    st.lr = config_.learning_rate * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * f)));
+  }
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(st.lr);
   const Batch batch = fixed ? *fixed : make_batch(step_);

@@ -35,6 +35,9 @@ struct TrainConfig {
   double weight_decay = 0.01;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double grad_clip = 1.0;
+  // "constant" after the warm-up, or "cosine": down to a tenth at max_steps (the config's or --steps), which
+  // short runs (the CPU budget) need to end on a low learning rate.
+  std::string lr_decay = "constant";
   double ema_decay = 0.995;     // effective decay min(ema_decay, (1 + step) / (10 + step))
   double caption_dropout = 0.1;  // fraction of captions replaced by "" (the unconditional prompt)
   int64_t max_steps = 1000000;
@@ -190,7 +193,10 @@ struct EvalOptions {
   double guidance = 5.0;
   uint64_t seed = 0;
   std::vector<std::pair<std::string, std::string>> held_out;  // empty: read from the model's TRAINING.json
-  std::string image_dir;  // when set, writes grid PNGs of the generations there
+  std::string device = "cpu";  // where the model samples ("cuda" on a GPU machine); analysed on the CPU
+  // Called with every generated image (3 x H x W in [0, 1], CPU) and whether it succeeded, in prompt order
+  // (the CLI writes them and a grid; evaluation itself writes no files, so it also runs where no image codecs are).
+  std::function<void(int64_t index, const at::Tensor& image, bool success)> on_image;
 };
 struct EvalResult {
   int64_t prompts = 0, all_found = 0, exact = 0, held_out_found = 0, objects = 0, objects_found = 0;

@@ -21,8 +21,8 @@ SOURCES=(
   framework/models/*.cpp
   framework/diffusion/*.cpp
   framework/parity/{attention_parity,recorder,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
-  framework/training/trainer.cpp
-  datasets/shapesworld/{world,render}.cpp
+  framework/training/{trainer,evaluate}.cpp
+  datasets/shapesworld/{world,render,analyse}.cpp
   scripts/device/device_check.cpp
 )
 CXXFLAGS=(-O2 -std=c++17 -fPIC -D_GLIBCXX_USE_CXX11_ABI="$ABI" -DFMT_HEADER_ONLY

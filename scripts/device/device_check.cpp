@@ -6,6 +6,8 @@
 //   device_check parity GOLDEN_DIR [float32|float16|bfloat16]   golden parity on cuda (exit 1 on failure)
 //   device_check bench-unet UNET_CONFIG [float32|float16] [latent] [batch] [repeat]
 //   device_check train TRAIN_CONFIG OUT_DIR MINUTES [batch_size (0: the config's)] [resume]
+//   device_check eval MODEL_DIR [n] [seed] [json]   eval-shapesworld, sampled on cuda (float32, 50 steps,
+//                           guidance 5), analysed on the CPU
 //   device_check attention [batch heads queries keys dim]   blockwise attention vs the plain graph, fwd + bwd
 //                           (exit 1: they disagree, 3: blockwise over 2x slower; run_checks.sh then trains
 //                           with COLLAGE_ATTENTION_GRADIENTS=graph)
@@ -135,6 +137,20 @@ int train_on_cuda(const std::string& config_path, const std::string& out, double
   return 0;
 }
 
+int eval_on_cuda(const std::vector<std::string>& a) {
+  training::EvalOptions o;
+  o.n = a.size() > 2 ? std::stoll(a[2]) : 100;
+  o.seed = a.size() > 3 ? std::stoull(a[3]) : 0;
+  o.device = target_device().str();
+  auto r = training::evaluate_shapesworld(a[1], o);
+  if (a.size() > 4) write_json_file(a[4], r.to_json());
+  std::cout << fmt::format("eval {} ({} prompts, seed {}, sampled on {}): every named object found {}/{}, exact {}, "
+                           "held-out found {}, objects {}/{}; {:.1f} s\n",
+                           a[1], r.prompts, o.seed, o.device, r.all_found, r.prompts, r.exact, r.held_out_found,
+                           r.objects_found, r.objects, r.seconds);
+  return 0;
+}
+
 // Defaults: the embedded model's first self-attention at training batch 256 (4 heads of 24, 16x16 tokens).
 int check_attention(const std::vector<std::string>& a) {
   auto arg = [&](size_t i, int64_t d) { return a.size() > i ? std::stoll(a[i]) : d; };
@@ -166,6 +182,7 @@ int main(int argc, char** argv) {
       return train_on_cuda(a[1], a[2], std::stod(a[3]), a.size() > 4 ? std::stoll(a[4]) : 0,
                            a.size() > 5 && a[5] == "resume");
     if (a[0] == "attention") return check_attention(a);
+    if (a[0] == "eval" && a.size() >= 2) return eval_on_cuda(a);
     throw std::runtime_error("unknown or incomplete command: " + a[0]);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -101,6 +101,39 @@ TEST(Trainer, LossDecreasesOnAFixedBatch) {
   EXPECT_EQ(trainer.step(), 30);
 }
 
+// lr_decay "cosine" (the CPU-budget recipes): full rate right after the warm-up, falling towards a tenth at max_steps,
+// in between; "constant" keeps the full rate; anything else is an error naming the key.
+TEST(Trainer, CosineLearningRateDecaysTowardsATenth) {
+  at::set_num_threads(1);
+  auto config = tiny_config();
+  config.learning_rate = 1e-3;
+  config.warmup_steps = 2;
+  config.max_steps = 8;
+  config.lr_decay = "cosine";
+  training::Trainer trainer(config, test::temp_dir("trainer_cosine"));
+  auto batch = trainer.make_batch(0);
+  std::vector<double> lr;
+  for (int i = 0; i < 8; ++i) lr.push_back(trainer.train_step(&batch).lr);
+  EXPECT_NEAR(lr[0], 0.5e-3, 1e-12);  // warm-up
+  EXPECT_NEAR(lr[2], 1e-3, 1e-12);    // warm-up done: full rate
+  for (int i = 3; i < 8; ++i) EXPECT_LT(lr[i], lr[i - 1]) << "step " << i;
+  EXPECT_NEAR(lr[7], 1e-3 * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 5.0 / 6.0))), 1e-12);
+  config.lr_decay = "constant";
+  training::Trainer flat(config, test::temp_dir("trainer_constant"));
+  for (int i = 0; i < 8; ++i) lr[i] = flat.train_step(&batch).lr;
+  EXPECT_NEAR(lr[7], 1e-3, 1e-12);
+  auto bad = tiny_config().raw;
+  ASSERT_TRUE(bad.is_object());
+  bad["lr_decay"] = "linear";
+  try {
+    training::TrainConfig::from_json(bad, "tiny.json");
+    FAIL() << "lr_decay 'linear' accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("lr_decay"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tiny.json"), std::string::npos) << e.what();
+  }
+}
+
 // The target the trainer regresses must be what the sampler inverts: with the exact target as the model output,
 // the Euler-ancestral step's x0 estimate is the clean latent, for epsilon and for v-prediction.
 TEST(Trainer, TrainingTargetIsWhatTheSamplerInverts) {
@@ -265,9 +298,20 @@ TEST(Trainer, ExportLoadsAsPipelineAndResumeContinues) {
   training::EvalOptions eo;
   eo.n = 3;
   eo.steps = 2;
+  std::vector<std::pair<int64_t, bool>> seen;  // every image reaches the caller, in order, with its verdict
+  eo.on_image = [&](int64_t i, const at::Tensor& image, bool ok) {
+    EXPECT_EQ(image.sizes(), (std::vector<int64_t>{3, 32, 32}));
+    EXPECT_TRUE(image.device().is_cpu());
+    seen.emplace_back(i, ok);
+  };
   const auto ev = training::evaluate_shapesworld(out + "/model", eo);
   EXPECT_EQ(ev.prompts, 3);
   ASSERT_EQ(ev.detected.size(), 3u);
+  ASSERT_EQ(seen.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(seen[i].first, int64_t(i));
+    EXPECT_EQ(seen[i].second, bool(ev.success[i]));
+  }
   EXPECT_LE(ev.exact, ev.all_found);
   int64_t exact = 0;
   for (size_t i = 0; i < 3; ++i) exact += ev.success[i] && ev.detected[i] == (i % 2 ? 2 : 1);
