@@ -434,7 +434,7 @@ ClipTrainResult train_clip(const ClipTrainConfig& config_in, const ClipTrainOpti
     double lr = c.learning_rate * std::min(1.0, double(step + 1) / double(std::max<int64_t>(1, c.warmup_steps)));
     if (c.max_steps < 1000000 && step >= c.warmup_steps) {
       const double f = double(step - c.warmup_steps) / double(std::max<int64_t>(1, c.max_steps - c.warmup_steps));
-      lr = c.learning_rate * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, f))));
+      lr = c.learning_rate * detail::cosine_to_tenth(f);
     }
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 

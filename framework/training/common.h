@@ -5,7 +5,9 @@
 #include <ATen/core/ATen_fwd.h>
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +24,11 @@ inline uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
+}
+
+// Cosine decay from 1 to a tenth as `progress` goes 0 -> 1 (clamped): both trainers' schedule after warm-up.
+inline double cosine_to_tenth(double progress) {
+  return 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress)));
 }
 
 inline double wall() {

@@ -335,8 +335,8 @@ StepStats Trainer::train_step(const Batch* fixed) {
           std::min(1.0, double(step_ - warmup_start_ + 1) / double(std::max<int64_t>(1, config_.warmup_steps)));
   const int64_t warm_end = warmup_start_ + config_.warmup_steps;
   if (config_.lr_decay == "cosine" && step_ >= warm_end && config_.max_steps > warm_end) {
-    const double f = std::min(1.0, double(step_ - warm_end) / double(config_.max_steps - warm_end));
-    st.lr = config_.learning_rate * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * f)));
+    st.lr = config_.learning_rate *
+            detail::cosine_to_tenth(double(step_ - warm_end) / double(config_.max_steps - warm_end));
   }
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(st.lr);
