@@ -173,10 +173,16 @@ at::Tensor cfg_prompt_embeds(StableDiffusion& sd, const GenerateRequest& r, int6
   return at::cat({uncond, cond}, 0);
 }
 
-DenoiseFn make_cfg_denoiser(StableDiffusion& sd, const at::Tensor& prompt_embeds, double guidance_scale) {
-  const bool cfg = guidance_scale > 1.0;
+ModelFn unet_model_fn(StableDiffusion& sd) {
   auto unet = sd.unet;
-  return [unet, prompt_embeds, guidance_scale, cfg](const at::Tensor& x, double t, const StepInfo& step_in) mutable {
+  return [unet](const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context, const StepInfo& step) {
+    return unet->forward(x, timestep, context, &step);
+  };
+}
+
+DenoiseFn make_cfg_denoiser(const ModelFn& model, const at::Tensor& prompt_embeds, double guidance_scale) {
+  const bool cfg = guidance_scale > 1.0;
+  return [model, prompt_embeds, guidance_scale, cfg](const at::Tensor& x, double t, const StepInfo& step_in) {
     torch::NoGradGuard no_grad;
     StepInfo step = step_in;
     const int64_t B = x.size(0);
@@ -185,10 +191,14 @@ DenoiseFn make_cfg_denoiser(StableDiffusion& sd, const at::Tensor& prompt_embeds
     if (cfg)
       for (int64_t i = 0; i < B; ++i) step.conditional[i] = false;
     auto timestep = at::scalar_tensor(t, at::TensorOptions().dtype(at::kFloat).device(x.device()));
-    auto out = unet->forward(input.to(prompt_embeds.scalar_type()), timestep, prompt_embeds, &step);
+    auto out = model(input.to(prompt_embeds.scalar_type()), timestep, prompt_embeds, step);
     out = out.to(x.scalar_type());
     return cfg ? apply_cfg(out, guidance_scale) : out;
   };
+}
+
+DenoiseFn make_cfg_denoiser(StableDiffusion& sd, const at::Tensor& prompt_embeds, double guidance_scale) {
+  return make_cfg_denoiser(unet_model_fn(sd), prompt_embeds, guidance_scale);
 }
 
 namespace {

@@ -103,6 +103,15 @@ void check_request(const StableDiffusion& sd, const GenerateRequest& request, bo
 // else B conditional rows.
 DenoiseFn make_cfg_denoiser(StableDiffusion& sd, const at::Tensor& prompt_embeds, double guidance_scale);
 
+// One evaluation of the noise-prediction network: (model input, timestep (scalar tensor), text states, step
+// info with the CFG branch of every row) -> prediction. The plain UNet is one; a method may wrap it (e.g. a
+// ControlNet adding residuals) and hand the wrapped one to the CFG denoiser.
+using ModelFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context,
+                                         const StepInfo& step)>;
+ModelFn unet_model_fn(StableDiffusion& sd);
+// The CFG denoiser over any model function (make_cfg_denoiser(sd, ...) = this over unet_model_fn(sd)).
+DenoiseFn make_cfg_denoiser(const ModelFn& model, const at::Tensor& prompt_embeds, double guidance_scale);
+
 // Prompt embeddings for a batch of `batch` items: [negative x B; prompt x B] (CFG) or [prompt x B].
 at::Tensor cfg_prompt_embeds(StableDiffusion& sd, const GenerateRequest& request, int64_t batch);
 
