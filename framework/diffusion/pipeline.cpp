@@ -175,7 +175,7 @@ at::Tensor cfg_prompt_embeds(StableDiffusion& sd, const GenerateRequest& r, int6
 
 ModelFn unet_model_fn(StableDiffusion& sd) {
   auto unet = sd.unet;
-  return [unet](const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context, const StepInfo& step) {
+  return [unet](const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context, const StepInfo& step) mutable {
     return unet->forward(x, timestep, context, &step);
   };
 }
