@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "collage/collage.h"
-#include "models/attention.h"
+#include "models/models.h"
 
 namespace collage {
 

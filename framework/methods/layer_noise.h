@@ -8,8 +8,7 @@
 
 #include <vector>
 
-#include "diffusion/sampler.h"
-#include "diffusion/scheduler.h"
+#include "diffusion/diffusion.h"
 
 namespace collage {
 

@@ -1,13 +1,13 @@
 // Harmonisation methods: a collage + a model + run settings -> images and artefacts.
 //
 // A method is a spec string of components joined by '+', e.g. "sdedit+ca+ti+ln":
-//   bases (at most one; default sdedit): flatten, txt2img, sdedit, edit, differential, regional
+//   bases (at most one; default sdedit): flatten, txt2img, sdedit, edit, differential, regional (+ plugins)
 //   modifiers: ca (cross-attention manipulation), paint_with_words (eDiff-I CA), ti (per-layer textual
-//   inversion), ln (per-layer noise)
-// Parameters are one flat JSON object of named values (strength, ca_schedule, ti_steps, ...); each
-// component declares its own with defaults (`collage methods` lists them). Components act through hooks
-// only: CA is an attention processor on the UNet's cross-attention layers, LN a sampler callback, TI a
-// prompt-embedding substitution; the UNet and the sampling loop are never copied.
+//   inversion), ln (per-layer noise) (+ plugins)
+// Parameters are one flat JSON object of named values (strength, ca_schedule, ti_steps, ...); each component
+// declares its own with defaults and ranges (`collage methods` lists them). Components are plugins
+// (methods/component.h): they contribute hooks to one run, and Method::run composes them around the one pipeline
+// and the one sampling loop. This is the module's public header.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -19,43 +19,27 @@
 #include <vector>
 
 #include "collage/collage.h"
-#include "core/json.h"
-#include "diffusion/pipeline.h"
+#include "core/core.h"
+#include "diffusion/diffusion.h"
+#include "methods/component.h"
 #include "methods/cross_attention.h"
 #include "methods/layer_noise.h"
 #include "methods/textual_inversion.h"
 
 namespace collage {
 
-struct ParamInfo {
-  std::string name;         // e.g. "ca_schedule"
-  std::string type;         // "number", "int", "bool", "string"
-  Json default_value;
-  std::string description;
-  // false for a parameter added after stores existed: a run that leaves it at its default keeps the run id it
-  // had before the parameter existed (run ids hash the parameters), so old stores still resume and pair.
-  bool in_id_at_default = true;
-};
-
-struct ComponentInfo {
-  std::string name;         // e.g. "ca"
-  bool is_base = false;     // bases choose how sampling starts; modifiers hook into it
-  std::string description;
-  std::vector<ParamInfo> params;
-};
-
-// The registry: every component with its parameters and defaults.
-const std::vector<ComponentInfo>& method_components();
+// Every component's declaration, in registry order ("common" first: the parameters every method accepts).
+std::vector<ComponentInfo> method_components();
 
 struct MethodSpec {
   std::string text;            // normalised, e.g. "sdedit+ca+ti+ln"
   std::string base = "sdedit";
-  bool ca = false, paint_with_words = false, ti = false, ln = false;
+  std::vector<std::string> modifiers;  // in registry order
   Json params = Json::object();  // every parameter of the chosen components, defaults filled in
 
-  // Parses "sdedit+ca+ti+ln" and validates `params` (unknown names, wrong types, values out of range).
-  // Errors name `where` (a config file or CLI flag) and the offending component or parameter, and list the
-  // valid ones.
+  // Parses "sdedit+ca+ti+ln" and validates `params` (unknown names, wrong types, values out of range, the
+  // components' compatibility rules). Errors name `where` (a config file or CLI flag) and the offending component
+  // or parameter, and list the valid ones.
   static MethodSpec parse(const std::string& spec, const Json& params = Json::object(),
                           const std::string& where = "--method");
   bool has(const std::string& component) const;
@@ -63,9 +47,10 @@ struct MethodSpec {
   int64_t integer(const std::string& name) const;
   bool flag(const std::string& name) const;
   std::string string(const std::string& name) const;
-  // The ti_* parameters as training settings (spec must include ti).
-  TextualInversionSettings ti_settings() const;
 };
+
+// The ti_* parameters of a spec as training settings (the spec must include ti).
+TextualInversionSettings ti_settings(const MethodSpec& spec);
 
 struct RunSettings {
   std::vector<uint64_t> seeds{0};  // one image per seed, run as one batch
@@ -77,6 +62,8 @@ struct RunSettings {
   std::string cache_dir;           // learned embeddings; "" = default_cache_dir()
   std::function<void(int64_t, int64_t)> progress;   // sampling steps done / total
   std::function<void(const std::string&)> log;      // one-line messages (TI training, cache hits)
+  // In-memory images for parameters that name an image file (e.g. "edit_from"): used instead of reading the file.
+  std::map<std::string, at::Tensor> images;
 };
 
 struct MethodOutput {
@@ -89,12 +76,13 @@ struct MethodOutput {
 
 class Method {
  public:
-  explicit Method(MethodSpec spec) : spec_(std::move(spec)) {}
+  explicit Method(MethodSpec spec);
   const MethodSpec& spec() const { return spec_; }
   MethodOutput run(const Collage& collage, StableDiffusion& sd, const RunSettings& settings) const;
 
  private:
   MethodSpec spec_;
+  std::vector<const Component*> components_;  // base first, then the modifiers
 };
 
 // A method by spec string and parameter object (see MethodSpec::parse).

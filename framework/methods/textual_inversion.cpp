@@ -10,8 +10,8 @@
 
 #include "collage/collage.h"
 #include "core/core.h"
-#include "diffusion/pipeline.h"
-#include "models/resnet.h"
+#include "diffusion/diffusion.h"
+#include "models/models.h"
 
 namespace fs = std::filesystem;
 
@@ -182,6 +182,99 @@ at::Tensor encode_prompt_with_embeddings(StableDiffusion& sd, const ClipTokenize
   return sd.text_encoder->forward_embeddings(embeds, ids).last_hidden_state.to(sd.dtype);
 }
 
+namespace {
+
+// The cache key of a learned embedding: the model, the layer's pixels and mask (8-bit), its text, the settings.
+std::string cache_key(StableDiffusion& sd, const at::Tensor& image, const at::Tensor& mask, const std::string& layer_text,
+                      const TextualInversionSettings& st) {
+  Hasher key;
+  key.text(model_fingerprint(sd));
+  key.tensor(image.mul(255).round().to(at::kByte));
+  key.tensor(mask.mul(255).round().to(at::kByte));
+  key.text(layer_text);
+  key.text(st.to_json().dump());
+  return key.hex();
+}
+
+// The trainable row, initialised from a word's embedding ("head" = the layer text's last word).
+at::Tensor initial_embedding(StableDiffusion& sd, const ClipTokenizer& tok, const std::string& init,
+                             const std::string& layer_text) {
+  std::string init_word = init;
+  if (init_word == "head") {
+    auto p = layer_text.find_last_of(' ');
+    init_word = layer_text.empty() ? "a" : (p == std::string::npos ? layer_text : layer_text.substr(p + 1));
+  }
+  auto init_ids = tok.encode(init_word);
+  COLLAGE_CHECK(init_ids.size() >= 3, "TI: the init word '{}' has no tokens", init_word);
+  auto table = sd.text_encoder->token_embedding_weight();
+  return table[init_ids[1]].detach().to(at::kFloat).clone().to(sd.device).set_requires_grad(true);
+}
+
+// The masked epsilon (or v) loss of one batch, with the learned row substituted for the new token.
+struct MaskedLoss {
+  StableDiffusion& sd;
+  const ClipTokenizer& tok;
+  int64_t token_id;
+  at::Tensor embedding, table, alphas_cumprod;
+  bool v_pred;
+
+  at::Tensor operator()(const at::Tensor& images, const at::Tensor& masks, const at::Tensor& t, const at::Tensor& eps_vae,
+                        const at::Tensor& eps, const std::vector<std::string>& prompts) const {
+    at::Tensor x0;
+    {
+      torch::NoGradGuard ng;
+      auto post = sd.vae->encode(images.to(sd.device) * 2.0 - 1.0);
+      x0 = post.sample(eps_vae.to(sd.device)) * sd.vae->scaling_factor();
+    }
+    auto m = downsample_masks(masks.squeeze(1), x0.size(2), x0.size(3)).unsqueeze(1).to(sd.device);
+    auto a = alphas_cumprod.index_select(0, t).to(sd.device).view({-1, 1, 1, 1});
+    auto e = eps.to(sd.device);
+    auto xt = a.sqrt() * x0 + (1 - a).sqrt() * e;
+    auto target = v_pred ? a.sqrt() * e - (1 - a).sqrt() * x0 : e;
+    auto pred = sd.unet->forward(xt.to(sd.dtype), t.to(sd.device), text_states(prompts)).to(at::kFloat);
+    return ((pred * m - target * m).pow(2)).mean();
+  }
+
+  at::Tensor text_states(const std::vector<std::string>& prompts) const {
+    const int64_t len = tok.model_max_length();
+    auto ids = at::empty({static_cast<int64_t>(prompts.size()), len}, at::kLong);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      auto row = tok.encode_padded(prompts[i], len);
+      std::copy(row.begin(), row.end(), ids[static_cast<int64_t>(i)].data_ptr<int64_t>());
+    }
+    ids = ids.to(sd.device);
+    auto rows = table.index_select(0, ids.clamp_max(table.size(0) - 1).reshape({-1})).view({ids.size(0), len, -1});
+    auto tok_embeds = at::where(ids.eq(token_id).unsqueeze(-1), embedding.to(rows.scalar_type()).view({1, 1, -1}), rows);
+    return sd.text_encoder->forward_embeddings(tok_embeds, ids).last_hidden_state.to(sd.dtype);
+  }
+};
+
+// A fixed evaluation batch (no augmentation) to report the loss before and after training.
+struct EvaluationBatch {
+  at::Tensor images, masks, t, eps_vae, eps;
+  std::vector<std::string> prompts;
+
+  EvaluationBatch(StableDiffusion& sd, const at::Tensor& image, const at::Tensor& mask, const std::string& token,
+                  const std::string& layer_text, uint64_t seed, int64_t T) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 7919);
+    const int64_t n = 4;
+    images = image.unsqueeze(0).expand({n, -1, -1, -1}).contiguous();
+    masks = mask.unsqueeze(0).unsqueeze(0).expand({n, 1, -1, -1}).contiguous();
+    t = at::linspace(T * 0.1, T * 0.9, n, at::kDouble).round().to(at::kLong);
+    const int64_t f = sd.vae_scale_factor();
+    const std::vector<int64_t> lat{n, sd.vae->latent_channels(), image.size(1) / f, image.size(2) / f};
+    eps_vae = at::randn(lat, gen, at::kFloat);
+    eps = at::randn(lat, gen, at::kFloat);
+    for (int64_t i = 0; i < n; ++i) prompts.push_back(fill_template(templates()[i], token, layer_text));
+  }
+  double loss(const MaskedLoss& masked_loss) const {
+    torch::NoGradGuard ng;
+    return masked_loss(images, masks, t, eps_vae, eps, prompts).item<double>();
+  }
+};
+
+}  // namespace
+
 TextualInversionResult train_layer_embedding(StableDiffusion& sd, const at::Tensor& image_in, const at::Tensor& mask_in,
                                              const std::string& layer_text, const TextualInversionSettings& st,
                                              const std::string& cache_dir,
@@ -194,19 +287,11 @@ TextualInversionResult train_layer_embedding(StableDiffusion& sd, const at::Tens
   const auto image = image_in.to(at::kFloat).contiguous();
   const auto mask = mask_in.to(at::kFloat).contiguous();
   COLLAGE_CHECK(mask.sum().item<double>() > 0, "TI: layer '{}' is not visible anywhere (empty mask)", layer_text);
-  const int64_t dim = sd.text_encoder->config().hidden_size;
   TextualInversionResult res;
-
-  Hasher key;
-  key.text(model_fingerprint(sd));
-  key.tensor(image.mul(255).round().to(at::kByte));
-  key.tensor(mask.mul(255).round().to(at::kByte));
-  key.text(layer_text);
-  key.text(st.to_json().dump());
   if (!cache_dir.empty()) {
-    res.cache_file = (fs::path(cache_dir) / "ti" / (key.hex() + ".safetensors")).string();
+    res.cache_file = (fs::path(cache_dir) / "ti" / (cache_key(sd, image, mask, layer_text, st) + ".safetensors")).string();
     if (fs::exists(res.cache_file)) {
-      res.embedding = load_embedding(res.cache_file, dim);
+      res.embedding = load_embedding(res.cache_file, sd.text_encoder->config().hidden_size);
       res.from_cache = true;
       res.seconds = seconds_since(t0);
       return res;
@@ -216,90 +301,33 @@ TextualInversionResult train_layer_embedding(StableDiffusion& sd, const at::Tens
   ClipTokenizer tok = *sd.tokenizer;
   const std::string token = "<collage-layer>";
   const int64_t token_id = tok.add_token(token);
-  std::string init_word = st.init;
-  if (init_word == "head") {
-    auto p = layer_text.find_last_of(' ');
-    init_word = layer_text.empty() ? "a" : (p == std::string::npos ? layer_text : layer_text.substr(p + 1));
-  }
-  auto init_ids = tok.encode(init_word);
-  COLLAGE_CHECK(init_ids.size() >= 3, "TI: the init word '{}' has no tokens", init_word);
-  auto table = sd.text_encoder->token_embedding_weight();
-  auto embedding = table[init_ids[1]].detach().to(at::kFloat).clone().to(sd.device).set_requires_grad(true);
-
+  auto embedding = initial_embedding(sd, tok, st.init, layer_text);
   torch::AutoGradMode grad_mode(true);  // callers (Method::run) sample under no_grad
   UnetTrainingGuard guard(sd);
   const auto& ac = sd.scheduler->alphas_cumprod();
   const int64_t T = ac.size(0);
-  const bool v_pred = sd.scheduler->config().prediction_type == "v_prediction";
+  const MaskedLoss masked_loss{sd,  tok, token_id, embedding, sd.text_encoder->token_embedding_weight(), ac,
+                               sd.scheduler->config().prediction_type == "v_prediction"};
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(st.seed);
-
-  // One step of the masked loss: on a batch of (image, mask) with given timesteps, noise and prompts.
-  auto masked_loss = [&](const at::Tensor& images, const at::Tensor& masks, const at::Tensor& t, const at::Tensor& eps_vae,
-                         const at::Tensor& eps, const std::vector<std::string>& prompts) {
-    at::Tensor x0;
-    {
-      torch::NoGradGuard ng;
-      auto post = sd.vae->encode(images.to(sd.device) * 2.0 - 1.0);
-      x0 = post.sample(eps_vae.to(sd.device)) * sd.vae->scaling_factor();
-    }
-    auto m = downsample_masks(masks.squeeze(1), x0.size(2), x0.size(3)).unsqueeze(1).to(sd.device);
-    auto a = ac.index_select(0, t).to(sd.device).view({-1, 1, 1, 1});
-    auto e = eps.to(sd.device);
-    auto xt = a.sqrt() * x0 + (1 - a).sqrt() * e;
-    auto target = v_pred ? a.sqrt() * e - (1 - a).sqrt() * x0 : e;
-    std::map<int64_t, at::Tensor> extra{{token_id, embedding}};
-    const int64_t len = tok.model_max_length();
-    auto ids = at::empty({static_cast<int64_t>(prompts.size()), len}, at::kLong);
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      auto row = tok.encode_padded(prompts[i], len);
-      std::copy(row.begin(), row.end(), ids[static_cast<int64_t>(i)].data_ptr<int64_t>());
-    }
-    ids = ids.to(sd.device);
-    auto rows = table.index_select(0, ids.clamp_max(table.size(0) - 1).reshape({-1})).view({ids.size(0), len, -1});
-    auto tok_embeds = at::where(ids.eq(token_id).unsqueeze(-1), embedding.to(rows.scalar_type()).view({1, 1, -1}), rows);
-    auto ctx = sd.text_encoder->forward_embeddings(tok_embeds, ids).last_hidden_state.to(sd.dtype);
-    auto pred = sd.unet->forward(xt.to(sd.dtype), t.to(sd.device), ctx).to(at::kFloat);
-    return ((pred * m - target * m).pow(2)).mean();
-  };
-
-  auto prompts_for = [&](int64_t n, at::Generator& g) {
-    std::vector<std::string> out;
-    auto r = at::randint(static_cast<int64_t>(templates().size()), {n}, g, at::kLong);
-    for (int64_t i = 0; i < n; ++i) out.push_back(fill_template(templates()[r[i].item<int64_t>()], token, layer_text));
-    return out;
-  };
-
-  // A fixed evaluation batch (no augmentation) to report the loss before and after training.
-  at::Generator eval_gen = at::make_generator<at::CPUGeneratorImpl>(st.seed + 7919);
-  const int64_t n_eval = 4;
-  auto eval_images = image.unsqueeze(0).expand({n_eval, -1, -1, -1}).contiguous();
-  auto eval_masks = mask.unsqueeze(0).unsqueeze(0).expand({n_eval, 1, -1, -1}).contiguous();
-  auto eval_t = at::linspace(T * 0.1, T * 0.9, n_eval, at::kDouble).round().to(at::kLong);
-  const int64_t f = sd.vae_scale_factor();
-  const std::vector<int64_t> lat{n_eval, sd.vae->latent_channels(), image.size(1) / f, image.size(2) / f};
-  auto eval_eps_vae = at::randn(lat, eval_gen, at::kFloat);
-  auto eval_eps = at::randn(lat, eval_gen, at::kFloat);
-  std::vector<std::string> eval_prompts;
-  for (int64_t i = 0; i < n_eval; ++i) eval_prompts.push_back(fill_template(templates()[i], token, layer_text));
-  auto eval_loss = [&] {
-    torch::NoGradGuard ng;
-    return masked_loss(eval_images, eval_masks, eval_t, eval_eps_vae, eval_eps, eval_prompts).item<double>();
-  };
-  res.eval_loss_before = eval_loss();
+  const EvaluationBatch eval(sd, image, mask, token, layer_text, st.seed, T);
+  res.eval_loss_before = eval.loss(masked_loss);
 
   torch::optim::AdamW opt({embedding}, torch::optim::AdamWOptions(st.learning_rate)
                                            .betas({0.9, 0.999})
                                            .weight_decay(st.weight_decay)
                                            .eps(1e-8));
+  const std::vector<int64_t> shape{st.batch, eval.eps.size(1), eval.eps.size(2), eval.eps.size(3)};
   for (int64_t step = 0; step < st.steps; ++step) {
     const double lr = st.learning_rate * (st.warmup_steps > 0 ? std::min(1.0, double(step + 1) / st.warmup_steps) : 1.0);
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     auto [images, masks] = augment_batch(image, mask, st.batch, st.augment, gen);
     auto t = at::randint(T, {st.batch}, gen, at::kLong);
-    const std::vector<int64_t> shape{st.batch, lat[1], lat[2], lat[3]};
     auto eps_vae = at::randn(shape, gen, at::kFloat);
     auto eps = at::randn(shape, gen, at::kFloat);
-    auto prompts = prompts_for(st.batch, gen);
+    std::vector<std::string> prompts;
+    auto r = at::randint(static_cast<int64_t>(templates().size()), {st.batch}, gen, at::kLong);
+    for (int64_t i = 0; i < st.batch; ++i)
+      prompts.push_back(fill_template(templates()[r[i].item<int64_t>()], token, layer_text));
     opt.zero_grad();
     auto loss = masked_loss(images, masks, t, eps_vae, eps, prompts);
     loss.backward();
@@ -310,7 +338,7 @@ TextualInversionResult train_layer_embedding(StableDiffusion& sd, const at::Tens
     res.losses.push_back(loss.item<double>());
     if (progress) progress(step + 1, st.steps, res.losses.back());
   }
-  res.eval_loss_after = eval_loss();
+  res.eval_loss_after = eval.loss(masked_loss);
   res.embedding = embedding.detach().to(at::kCPU, at::kFloat).clone();
   if (!res.cache_file.empty())
     save_embedding(res.cache_file, res.embedding,

@@ -69,7 +69,7 @@ RunSettings settings(std::vector<uint64_t> seeds = {1}, int64_t steps = 8) {
 TEST(MethodSpec, ParsesNormalisesAndValidates) {
   auto s = MethodSpec::parse(" CA + SDEdit+ln ");
   EXPECT_EQ(s.text, "sdedit+ca+ln");
-  EXPECT_TRUE(s.ca && s.ln && !s.ti);
+  EXPECT_TRUE(s.has("ca") && s.has("ln") && !s.has("ti"));
   EXPECT_DOUBLE_EQ(s.number("strength"), 0.8);
   EXPECT_EQ(s.string("ca_schedule"), "loglog");
   EXPECT_EQ(MethodSpec::parse("ti").text, "sdedit+ti");  // sdedit is the default base
