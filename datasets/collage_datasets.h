@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "collage/collage.h"
-#include "core/json.h"
+#include "core/core.h"
 
 namespace collage::datasets {
 
@@ -37,5 +37,9 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
 // Writes `n` collages to out/collage_00000/... and out/index.json; returns the collage folders.
 std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCollageOptions& options,
                                                   const std::string& out);
+
+// A rendered ShapesWorld scene (2-3 objects) as a collage: the background layer plus one layer per object, placed
+// as rendered, with the full caption; and the render itself (shadows included) as an "output" to score against it.
+std::pair<Collage, at::Tensor> rendered_scene_collage(uint64_t seed, int size);
 
 }  // namespace collage::datasets

@@ -143,4 +143,36 @@ std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCo
   return folders;
 }
 
+// A 64x64 ShapesWorld scene as a collage (background layer + one layer per object, placed as rendered) and its
+// render (shadows included) as the "output" to score.
+std::pair<Collage, at::Tensor> rendered_scene_collage(uint64_t seed, int size) {
+  shapesworld::SampleOptions options;
+  options.min_objects = 2;
+  options.max_objects = 3;
+  const auto scene = shapesworld::sample_scene(seed, options);
+  const auto rendered = shapesworld::render(scene, size, size);
+  Collage c;
+  c.width = c.height = size;
+  shapesworld::CaptionOptions everything;
+  everything.colour_probability = everything.pattern_probability = 1;
+  everything.background_probability = everything.tint_probability = 1;
+  const auto caption = shapesworld::make_caption(scene, seed, everything);
+  c.prompt = caption.text;
+  Layer bg;
+  bg.name = "background";
+  bg.text = caption.background_phrase;
+  auto bg_rgb = shapesworld::render_background(scene, size, size);
+  bg.rgba = at::cat({bg_rgb, at::ones({1, size, size}, bg_rgb.options())}, 0);
+  c.layers.push_back(bg);
+  for (size_t i = 0; i < rendered.objects.size(); ++i) {
+    Layer l;
+    l.name = "object" + std::to_string(i);
+    l.text = caption.object_phrases[i];
+    l.rgba = shapesworld::render_object_rgba(rendered.objects[i].spec, scene, size, size);
+    c.layers.push_back(l);
+  }
+  return {c, rendered.image};
+}
+
+
 }  // namespace collage::datasets

@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_internal.h"
 

@@ -7,7 +7,7 @@
 #include <numeric>
 #include <random>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_internal.h"
 

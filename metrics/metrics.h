@@ -7,7 +7,7 @@
 //    or a model they need is not available.
 //  - Set-level metrics on feature matrices: kid, fid.
 //  - Plug-in points: Segmenter (+ SegmenterRegistry) for mask_iou, ImageTextEmbedder for the CLIP
-//    metrics and PerceptualDistance for lpips. The networks behind the last two live in metrics/nets.
+//    metrics and PerceptualDistance for lpips. The networks behind the last two live in framework/nets.
 //
 // Images are float CHW tensors in [0, 1] (sRGB), on the CPU. See metrics/README.md for every metric's
 // definition, direction and references.
@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
+#include "core/core.h"
 
 namespace collage::metrics {
 
@@ -119,7 +119,7 @@ struct MetricInfo {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Model interfaces (implemented in metrics/nets or by tests)
+// Model interfaces (implemented in framework/nets or by tests)
 
 // A joint image/text embedding model such as CLIP. Embeddings need not be normalised.
 class ImageTextEmbedder {
@@ -297,4 +297,10 @@ SetValue kid(const at::Tensor& a, const at::Tensor& b, const KidOptions& options
 // Frechet distance of Gaussians fitted to the rows (unbiased covariances).
 double fid(const at::Tensor& a, const at::Tensor& b);
 
+// The table `collage score` prints: per metric its direction, value and per-layer values; then the skip reasons.
+std::string format_scores_table(const Scores& scores, const std::vector<std::string>& names,
+                                const std::vector<std::string>& layer_labels,
+                                const MetricRegistry& registry = builtin_metrics());
+
 }  // namespace collage::metrics
+#include "metrics/plugins.h"  // the model-backed metrics are part of the public interface

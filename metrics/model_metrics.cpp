@@ -1,12 +1,12 @@
 // Metrics computed through a model interface: lpips (PerceptualDistance) and the CLIP family
-// (ImageTextEmbedder). The networks themselves are plugged in by the caller (metrics/nets).
+// (ImageTextEmbedder). The networks themselves are plugged in by the caller (framework/nets).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_internal.h"
 

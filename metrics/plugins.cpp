@@ -10,7 +10,7 @@
 #include <set>
 
 #include "collage/collage.h"
-#include "core/error.h"
+#include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
 
 namespace fs = std::filesystem;
@@ -264,6 +264,47 @@ std::shared_ptr<ClipEmbedder> try_load_clip(const std::string& model_dir, const 
     reason = fmt::format("CLIP model could not be loaded: {}", e.what());
     return nullptr;
   }
+}
+
+namespace {
+
+bool any_needs(const std::vector<std::string>& names, Need need, const MetricRegistry& registry) {
+  for (const auto& n : names)
+    if (registry.info(n).needs.has(need)) return true;
+  return false;
+}
+
+}  // namespace
+
+ModelSetup load_metric_models(const std::vector<std::string>& names, const MetricModelPaths& paths,
+                              const MetricRegistry& registry) {
+  ModelSetup setup;
+  if (any_needs(names, Need::embedder, registry)) {
+    std::string dir = paths.clip, tok = paths.clip_tokenizer;
+    if (dir.empty()) dir = find_in_checkout("assets/shapesworld/clip", "config.json");
+    if (dir.empty() && paths.reference_fallback) {
+      dir = find_in_checkout("tests/data/golden/clip", "config.json");
+      tok = find_in_checkout("tests/data/golden/tokenizer", "vocab.json");
+    }
+    if (dir.empty())
+      setup.embedder_skip_reason = "no CLIP model: none given and assets/shapesworld/clip does not exist";
+    else
+      setup.context.embedder = try_load_clip(dir, tok, setup.embedder_skip_reason);
+    setup.clip_dir = dir;
+  }
+  if (any_needs(names, Need::perceptual, registry)) {
+    std::string dir = paths.lpips;
+    if (dir.empty()) dir = find_in_checkout("assets/lpips", "");
+    if (!dir.empty() && !fs::is_directory(dir)) dir.clear();
+    if (dir.empty() && paths.reference_fallback)
+      dir = find_in_checkout("tests/data/golden/lpips", "heads_alex.safetensors");
+    if (dir.empty())
+      setup.perceptual_skip_reason = "no LPIPS weights: none given and assets/lpips does not exist";
+    else
+      setup.context.perceptual = try_load_lpips(dir, paths.lpips_net, setup.perceptual_skip_reason);
+    setup.lpips_dir = dir;
+  }
+  return setup;
 }
 
 Scores score_with_setup(const ScoreInput& input, const std::vector<std::string>& metric_names, const ModelSetup& setup,

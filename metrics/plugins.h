@@ -19,9 +19,8 @@
 #include <vector>
 
 #include "metrics/metrics.h"
-#include "metrics/nets/clip_model.h"
-#include "metrics/nets/lpips.h"
-#include "models/clip_tokenizer.h"
+#include "nets/nets.h"
+#include "models/models.h"
 
 namespace collage {
 struct Collage;
@@ -139,6 +138,7 @@ struct ModelSetup {
   std::string embedder_skip_reason;  // e.g. "no CLIP model: assets/shapesworld/clip does not exist"
   std::string perceptual_skip_reason;
   std::string segmenter_skip_reason;
+  std::string clip_dir, lpips_dir;   // the model folders load_metric_models used ("" = none)
 };
 
 // Loads LPIPS, or returns null and sets `reason` ("LPIPS alex weights missing: <file> does not exist").
@@ -147,6 +147,19 @@ std::shared_ptr<LpipsDistance> try_load_lpips(const std::string& folder, LpipsNe
 // Loads CLIP, or returns null and sets `reason`.
 std::shared_ptr<ClipEmbedder> try_load_clip(const std::string& model_dir, const std::string& tokenizer_dir,
                                             std::string& reason);
+
+// Where the metric models come from. An empty path falls back to the shipped asset (assets/shapesworld/clip,
+// assets/lpips) and, with `reference_fallback`, then to the tiny reference models (tests/data/golden/{clip,lpips}).
+struct MetricModelPaths {
+  std::string clip, clip_tokenizer, lpips;
+  LpipsNet lpips_net = LpipsNet::Alex;
+  bool reference_fallback = false;
+};
+// Loads the CLIP and LPIPS models that `names` need. A model that is missing or fails to load leaves a skip reason
+// instead of an error, so its metrics are recorded as skipped with that reason. The segmenter is not set here: it
+// depends on each input (auto_segmenter_name).
+ModelSetup load_metric_models(const std::vector<std::string>& names, const MetricModelPaths& paths,
+                              const MetricRegistry& registry = builtin_metrics());
 
 // score_image, then the metrics skipped for want of a model get the setup's reason for its absence instead of
 // the generic "none was set".

@@ -9,7 +9,7 @@
 #include <opencv2/dnn.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_internal.h"
 

@@ -21,7 +21,7 @@ for k in striped_red striped_blue dotted_red dotted_blue; do
   for s in 1 2 3 4 5 6 7 8; do
     colour=${k#*_}
     # the pattern of the largest object of the prompt's colour (table rows: | colour | shape | pattern | ...)
-    read -r pat < <($C analyse-shapesworld "$OUT/${k}_seed$s.png" |
+    read -r pat < <($C sandbox analyse "$OUT/${k}_seed$s.png" |
       awk -F'|' -v c="$colour" '{gsub(/ /, "", $2); gsub(/ /, "", $3); gsub(/ /, "", $4); gsub(/ /, "", $9)}
         $2 == c && $9 + 0 > best { best = $9 + 0; p = $4 "_" $3 } END { print (p == "" ? "no_" c "_object" : p) }')
     echo "$k seed $s: $pat"

@@ -2,12 +2,12 @@
 """How much of an object's colour is still readable in x_t = sqrt(ab) x0 + sqrt(1-ab) eps, per timestep and noise
 schedule, on ShapesWorld renders: the text can only teach the model what the noisy image does not already show.
 
-For single-object renders (`collage render-shapesworld --min-objects 1 --max-objects 1`), the latent is scaled
+For single-object renders (`collage sandbox render --min-objects 1 --max-objects 1`), the latent is scaled
 to unit standard deviation as the trainer does (scaling_factor 0); the estimator averages x_t over a disc at the
 object's centre (radius 0.3 x size) and takes the nearest mean colour of the clean renders (the clean ceiling is
 printed: tints and shading make some colours overlap).
 
-    build/collage render-shapesworld --n 600 --seed 1000 --min-objects 1 --max-objects 1 --out /tmp/rs1
+    build/collage sandbox render --n 600 --seed 1000 --min-objects 1 --max-objects 1 --out /tmp/rs1
     /usr/bin/python3 scripts/schedule_snr.py /tmp/rs1
 """
 import argparse
@@ -31,7 +31,7 @@ def betas(kind, T=1000):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("renders", help="folder written by collage render-shapesworld (single-object scenes)")
+    p.add_argument("renders", help="folder written by collage sandbox render (single-object scenes)")
     p.add_argument("--schedules", default="scaled_linear,linear,squaredcos_cap_v2")
     p.add_argument("--timesteps", default="0,500,700,800,900,950,999")
     a = p.parse_args()

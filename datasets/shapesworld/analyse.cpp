@@ -24,7 +24,7 @@
 #include <queue>
 #include <set>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "datasets/shapesworld/internal.h"
 #include "datasets/shapesworld/shapesworld.h"
 

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "datasets/shapesworld/internal.h"
 #include "datasets/shapesworld/shapesworld.h"
 

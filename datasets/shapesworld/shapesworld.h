@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/json.h"
+#include "core/core.h"
 
 namespace collage::shapesworld {
 

@@ -3,7 +3,7 @@
 #include <array>
 #include <cmath>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "datasets/shapesworld/internal.h"
 #include "datasets/shapesworld/shapesworld.h"
 

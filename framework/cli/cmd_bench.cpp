@@ -1,7 +1,6 @@
 // collage bench unet: one UNet evaluation at a real model's size with random weights, timed against a large
 // matmul measured in the same run (the ratio is what is comparable across machines).
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -9,12 +8,9 @@
 #include <iostream>
 
 #include "cli/common.h"
-#include "core/paths.h"
 #include "core/core.h"
-#include "core/process.h"
-#include "diffusion/pipeline.h"
-#include "models/attention.h"
-#include "models/unet_2d_condition.h"
+#include "diffusion/diffusion.h"
+#include "models/models.h"
 #include "parity/parity.h"
 
 namespace fs = std::filesystem;
@@ -22,26 +18,6 @@ namespace fs = std::filesystem;
 namespace collage::cli {
 
 namespace {
-
-void synchronize(const at::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize();
-}
-
-// Best GFLOPS of an n x n float32 matmul over a few repetitions.
-double matmul_gflops(int64_t n, const at::Device& device) {
-  auto a = at::randn({n, n}, at::TensorOptions().device(device));
-  auto b = at::randn({n, n}, at::TensorOptions().device(device));
-  auto c = at::mm(a, b);
-  synchronize(device);
-  double best = 1e30;
-  for (int i = 0; i < 5; ++i) {
-    const double t0 = now_seconds();
-    at::mm_out(c, a, b);
-    synchronize(device);
-    best = std::min(best, now_seconds() - t0);
-  }
-  return 2.0 * n * n * n / best / 1e9;
-}
 
 // The checkout root holding `must_exist` (a path relative to it).
 fs::path checkout_root(const std::string& must_exist) {
@@ -64,11 +40,41 @@ std::string resolve_config(const std::string& name) {
   return (model_configs(name) / "unet" / "config.json").string();
 }
 
-}  // namespace
+template <class Args>
+void add_unet_bench_callback(CLI::App* unet, std::shared_ptr<Args> a, GlobalOptions& global) {
+  unet->callback([a, &global] {
+    apply_runtime(global);
+    parity::UnetBenchOptions o;
+    o.config_path = resolve_config(a->config);
+    o.device = parse_device(global.device);
+    o.dtype = parse_dtype(global.dtype, o.device);
+    o.latent = a->latent;
+    o.batch = a->batch;
+    o.tokens = a->tokens;
+    o.repeat = a->repeat;
+    o.channels_last = !a->nchw;
+    o.pack_convs = !a->no_pack;
+    o.profile = a->profile;
+    std::cout << fmt::format("device {}, dtype {}, {} threads\n", o.device.str(), c10::toString(o.dtype),
+                             at::get_num_threads());
+    const double mm = parity::matmul_gflops(a->matmul, o.device);
+    std::cout << fmt::format("matmul {}x{} float32: {:.1f} GFLOPS\n", a->matmul, a->matmul, mm);
+    const auto r = parity::bench_unet(o);
+    std::cout << fmt::format("UNet from {}: {:.1f} M parameters, built in {:.1f} s\n", o.config_path, r.parameters / 1e6,
+                             r.build_seconds);
+    if (o.device.is_cpu() && o.pack_convs) std::cout << fmt::format("packed {} large convolutions for oneDNN\n", r.packed_convs);
+    std::cout << fmt::format("UNet eval: batch {}, latent {}x{}, {:.1f} GFLOP\n", o.batch, o.latent, o.latent, r.gflop);
+    std::cout << fmt::format("  warm-up {:.2f} s; best of {} {:.2f} s (mean {:.2f} s)\n", r.warmup_seconds, o.repeat,
+                             r.best_seconds, r.mean_seconds);
+    std::cout << fmt::format("  achieved {:.1f} GFLOPS = {:.1f} % of the matmul throughput\n", r.gflops(),
+                             100.0 * r.gflops() / mm);
+    if (o.device.is_cpu())
+      std::cout << fmt::format("  peak RSS during evaluation {:.2f} GB (weights and inputs resident before: {:.2f} GB)\n",
+                               r.peak_bytes / 1e9, r.resident_before_bytes / 1e9);
+  });
+}
 
-void add_bench_command(CLI::App& app, GlobalOptions& global) {
-  auto* bench = app.add_subcommand("bench", "benchmarks");
-  bench->require_subcommand(1);
+void add_unet_bench(CLI::App& bench, GlobalOptions& global) {
   struct Args {
     std::string config = "sd15";
     int64_t latent = 64, batch = 2, repeat = 2, tokens = 77, matmul = 2048;
@@ -76,7 +82,7 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     bool nchw = false, no_pack = false;
   };
   auto a = std::make_shared<Args>();
-  auto* unet = bench->add_subcommand("unet", "time one UNet evaluation with random weights from a real config");
+  auto* unet = bench.add_subcommand("unet", "time one UNet evaluation with random weights from a real config");
   unet->add_option("--config", a->config, "sd15, sd21 or a UNet config.json")->capture_default_str();
   unet->add_option("--latent", a->latent, "latent side (64 = 512x512 images)")->capture_default_str();
   unet->add_option("--batch", a->batch, "batch (2 = one image with classifier-free guidance)")->capture_default_str();
@@ -85,12 +91,16 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
   unet->add_option("--profile", a->profile, "write a Chrome trace of one extra evaluation to this file");
   unet->add_flag("--nchw", a->nchw, "keep NCHW activations on the CPU (default: channels-last)");
   unet->add_flag("--no-pack", a->no_pack, "do not pre-pack large convolution weights for oneDNN");
+  add_unet_bench_callback(unet, a, global);
+}
+
+void add_txt2img_bench(CLI::App& bench, GlobalOptions& global) {
   struct PipeArgs {
     std::string config = "sd15";
     int64_t steps = 2, size = 0;
   };
   auto pa = std::make_shared<PipeArgs>();
-  auto* pipe = bench->add_subcommand(
+  auto* pipe = bench.add_subcommand(
       "txt2img", "a full txt2img run (text encoder, UNet with CFG, VAE decode) with random weights at a real "
                  "model's size: time per step and peak memory");
   pipe->add_option("--config", pa->config, "sd15 or sd21")->capture_default_str();
@@ -102,21 +112,10 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     const auto dir = model_configs(pa->config);
     const auto root = checkout_root("tests/data/golden/tokenizer/vocab.json");
     double t0 = now_seconds();
-    auto sd = std::make_shared<StableDiffusion>();
-    sd->name = "random " + pa->config;
-    sd->device = parse_device(global.device);
-    sd->dtype = parse_dtype(global.dtype, sd->device);
-    sd->tokenizer = std::make_shared<ClipTokenizer>(ClipTokenizer::from_folder(
-        (root / "tests/data/golden/tokenizer").string(), (dir / "tokenizer").string()));
-    sd->text_encoder = ClipTextModel(ClipTextConfig::from_json_file((dir / "text_encoder/config.json").string()));
-    sd->unet = UNet2DConditionModel(UNet2DConditionConfig::from_json_file((dir / "unet/config.json").string()));
-    sd->vae = std::make_shared<AutoencoderKLModel>(
-        AutoencoderKL(AutoencoderKLConfig::from_json_file((dir / "vae/config.json").string())));
-    sd->scheduler = load_scheduler((dir / "scheduler/scheduler_config.json").string(), "euler_ancestral");
     PipelineOptions po;
     po.device = global.device;
     po.dtype = global.dtype;
-    sd->prepare(po);
+    auto sd = StableDiffusion::random(dir.string(), (root / "tests/data/golden/tokenizer").string(), po);
     std::cout << fmt::format("random {} pipeline built in {:.1f} s; resident {:.2f} GB\n", pa->config,
                              now_seconds() - t0, process_memory_bytes("VmRSS") / 1e9);
     GenerateRequest req;
@@ -136,12 +135,14 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
     if (sd->device.is_cpu())
       std::cout << fmt::format("  peak RSS during the run {:.2f} GB\n", process_memory_bytes("VmHWM") / 1e9);
   });
+}
 
+void add_attention_bench(CLI::App& bench, GlobalOptions& global) {
   struct AttnArgs {
     int64_t batch = 2, heads = 8, queries = 4096, keys = 4096, dim = 40, repeat = 3;
   };
   auto aa = std::make_shared<AttnArgs>();
-  auto* attn = bench->add_subcommand(
+  auto* attn = bench.add_subcommand(
       "attention", "forward + backward of one attention layer (as in training and textual inversion): the "
                    "blockwise attention against the plain autograd graph, time and peak memory of each");
   attn->add_option("--batch", aa->batch, "batch")->capture_default_str();
@@ -172,68 +173,14 @@ void add_bench_command(CLI::App& app, GlobalOptions& global) {
                              r.graph_seconds / r.blockwise_seconds, flops / 1e9, r.summary());
     COLLAGE_CHECK(r.worst < 1e-3, "blockwise attention disagrees with the plain graph (relative {:.2e})", r.worst);
   });
+}
 
-  unet->callback([a, &global] {
-    apply_runtime(global);
-    torch::NoGradGuard no_grad;
-    const auto device = parse_device(global.device);
-    const auto dtype = parse_dtype(global.dtype, device);
-    const auto path = resolve_config(a->config);
-    auto config = UNet2DConditionConfig::from_json_file(path);
-    std::cout << fmt::format("device {}, dtype {}, {} threads\n", device.str(), c10::toString(dtype),
-                             at::get_num_threads());
-    const double mm = matmul_gflops(a->matmul, device);
-    std::cout << fmt::format("matmul {}x{} float32: {:.1f} GFLOPS\n", a->matmul, a->matmul, mm);
+}  // namespace
 
-    double t0 = now_seconds();
-    auto model = std::make_shared<UNet2DConditionModelImpl>(config);
-    model->to(device, dtype);
-    model->eval();
-    int64_t params = 0;
-    for (const auto& p : model->parameters()) params += p.numel();
-    std::cout << fmt::format("UNet from {}: {:.1f} M parameters, built in {:.1f} s\n", path, params / 1e6,
-                             now_seconds() - t0);
-    if (device.is_cpu() && !a->nchw) model->set_channels_last(true);
-    if (device.is_cpu() && !a->no_pack) std::cout << fmt::format("packed {} large convolutions for oneDNN\n", pack_large_convs(*model));
-
-
-    const auto opts = at::TensorOptions().dtype(dtype).device(device);
-    auto sample = at::randn({a->batch, config.in_channels, a->latent, a->latent}, opts);
-    auto context = at::randn({a->batch, a->tokens, config.cross_attention_dim}, opts);
-    auto timestep = at::scalar_tensor(500.0, at::TensorOptions().device(device));
-    const double flops = unet_flops(config, a->batch, a->latent, a->latent, a->tokens);
-    const double rss_before = process_memory_bytes("VmRSS");
-    reset_peak_memory();
-    t0 = now_seconds();
-    auto out = model->forward(sample, timestep, context);
-    synchronize(device);
-    const double warm = now_seconds() - t0;
-    COLLAGE_CHECK(at::isfinite(out).all().item<bool>(), "UNet output has non-finite values");
-    double best = warm, total = 0;
-    for (int64_t i = 0; i < a->repeat; ++i) {
-      t0 = now_seconds();
-      out = model->forward(sample, timestep, context);
-      synchronize(device);
-      const double s = now_seconds() - t0;
-      best = std::min(best, s);
-      total += s;
-    }
-    const double peak = process_memory_bytes("VmHWM");
-    if (!a->profile.empty()) {
-      torch::autograd::profiler::RecordProfile guard(a->profile);
-      model->forward(sample, timestep, context);
-    }
-    const double gflops = flops / best / 1e9;
-    std::cout << fmt::format("UNet eval: batch {}, latent {}x{}, {:.1f} GFLOP\n", a->batch, a->latent, a->latent,
-                             flops / 1e9);
-    std::cout << fmt::format("  warm-up {:.2f} s; best of {} {:.2f} s (mean {:.2f} s)\n", warm, a->repeat, best,
-                             a->repeat ? total / a->repeat : warm);
-    std::cout << fmt::format("  achieved {:.1f} GFLOPS = {:.1f} % of the matmul throughput\n", gflops,
-                             100.0 * gflops / mm);
-    if (device.is_cpu())
-      std::cout << fmt::format("  peak RSS during evaluation {:.2f} GB (weights and inputs resident before: {:.2f} GB)\n",
-                               peak / 1e9, rss_before / 1e9);
-  });
+void add_bench_commands(CLI::App& bench, GlobalOptions& global) {
+  add_unet_bench(bench, global);
+  add_txt2img_bench(bench, global);
+  add_attention_bench(bench, global);
 }
 
 }  // namespace collage::cli

@@ -6,7 +6,6 @@
 
 #include "cli/common.h"
 #include "core/core.h"
-#include "datasets/collage_datasets.h"
 #include "methods/methods.h"
 
 namespace fs = std::filesystem;
@@ -159,7 +158,7 @@ void run_train_ti(const CollageArgs& a, const GlobalOptions& g) {
   COLLAGE_CHECK_AT(layers.size() == 1, "", "--layer", "give exactly one layer (index or name)");
   const int64_t i = layers.front();
   auto sd = load_model(a, g);
-  const auto ts = spec.ti_settings();
+  const auto ts = ti_settings(spec);
   auto placed = place_layers(collage);
   auto visible = visible_masks(placed);
   Progress progress(fmt::format("TI layer {}", i));
@@ -213,31 +212,6 @@ void add_collage_commands(CLI::App& app, GlobalOptions& global) {
 
   auto* m = app.add_subcommand("methods", "list the method components with their parameters and defaults");
   m->callback([] { print_methods(); });
-
-  auto ds = std::make_shared<datasets::ShapesWorldCollageOptions>();
-  auto ds_args = std::make_shared<std::pair<int64_t, std::string>>(50, "");
-  auto ds_world = std::make_shared<std::string>("shapesworld");
-  auto* d = app.add_subcommand("make-dataset", "generate a collage dataset (layers cut from other scenes, with ground truth)");
-  d->add_option("world", *ds_world, "world to draw from (shapesworld)")->capture_default_str();
-  d->add_option("--n", ds_args->first, "number of collages")->capture_default_str();
-  d->add_option("--seed", ds->seed, "dataset seed")->capture_default_str();
-  d->add_option("--size", ds->size, "canvas side in pixels")->capture_default_str();
-  d->add_option("--max-objects", ds->max_objects, "objects per collage (1..max)")->capture_default_str();
-  d->add_option("--noise-strength", ds->noise_strength, "s_i written into every layer")->capture_default_str();
-  d->add_option("--unnamed", ds->unnamed_probability, "chance a layer's pattern is left out of its text")
-      ->capture_default_str();
-  d->add_option("--unnamed-colour", ds->unnamed_colour_probability,
-                "chance a layer's colour is left out of its text (a positive control for TI)")
-      ->capture_default_str();
-  d->add_option("--kept-strength", ds->kept_strength,
-                "one object layer per collage gets this noise strength and meta kept=true (-1: none)")
-      ->capture_default_str();
-  d->add_option("--out", ds_args->second, "output dataset folder")->required();
-  d->callback([ds, ds_args, ds_world] {
-    COLLAGE_CHECK_AT(*ds_world == "shapesworld", "", "world", "unknown world '{}' (available: shapesworld)", *ds_world);
-    auto folders = datasets::make_shapesworld_dataset(ds_args->first, *ds, ds_args->second);
-    std::cout << fmt::format("{} collages in {}\n", folders.size(), ds_args->second);
-  });
 
   auto ti = std::make_shared<CollageArgs>();
   auto* t = app.add_subcommand("train-ti", "learn one layer's textual-inversion embedding and save it");

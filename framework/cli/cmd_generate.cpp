@@ -6,7 +6,7 @@
 
 #include "cli/common.h"
 #include "core/core.h"
-#include "diffusion/pipeline.h"
+#include "diffusion/diffusion.h"
 
 namespace fs = std::filesystem;
 

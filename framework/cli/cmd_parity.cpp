@@ -3,10 +3,10 @@
 #include <iostream>
 
 #include "cli/common.h"
-#include "core/error.h"
+#include "core/core.h"
 #include <ATen/Context.h>
 
-#include "diffusion/pipeline.h"
+#include "diffusion/diffusion.h"
 #include "parity/parity.h"
 
 namespace collage::cli {
@@ -41,39 +41,8 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
         },
         target);
     COLLAGE_CHECK_AT(!results.empty(), a->dir, "", "no component folder found (expected tokenizer/, unet_*/, ...)");
-    std::cout << fmt::format("| {:<18} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
-                             "max_abs", "max|ref|", "rel", "tolerance", "status");
-    std::cout << fmt::format("|{:-<20}|{:-<48}|{:->12}|{:->12}|{:->12}|{:->18}|{:-<8}|\n", "", "", "", "", "", "", "");
-    auto row = [](const parity::CaseResult& r, const std::string& name) {
-      const std::string tol = r.rtol > 0 || r.atol > 0 ? fmt::format("r{:.0e} a{:.0e}", r.rtol, r.atol) : "exact";
-      std::cout << fmt::format("| {:<18} | {:<46} | {:>10.3e} | {:>10.3e} | {:>10.3e} | {:>16} | {:<6} |\n",
-                               r.component, name.substr(0, 46), r.max_abs_diff, r.max_abs_ref, r.rel, tol,
-                               r.pass ? "ok" : "FAIL");
-      if (!r.pass && !r.detail.empty()) std::cout << "    -> " << r.detail << "\n";
-    };
-    size_t failures = 0;
-    std::map<std::string, std::vector<const parity::CaseResult*>> by_component;
-    for (const auto& r : results) {
-      by_component[r.component].push_back(&r);
-      failures += r.pass ? 0 : 1;
-    }
-    for (const auto& [component, rows] : by_component) {
-      if (a->all_rows) {
-        for (const auto* r : rows) row(*r, r->name);
-        continue;
-      }
-      // Summary row: the case with the largest relative error, then every failure.
-      const parity::CaseResult* worst = rows.front();
-      size_t ok = 0;
-      for (const auto* r : rows) {
-        ok += r->pass;
-        if (r->rel > worst->rel) worst = r;
-      }
-      row(*worst, fmt::format("{}/{} cases ok; worst: {}", ok, rows.size(), worst->name));
-      for (const auto* r : rows)
-        if (!r->pass && r != worst) row(*r, r->name);
-    }
-    std::cout << fmt::format("\n{} cases, {} passed, {} failed\n", results.size(), results.size() - failures, failures);
+    std::cout << parity::format_table(results, a->all_rows);
+    const size_t failures = parity::count_failures(results);
     if (failures > 0) throw Error(fmt::format("{} case(s) outside tolerance", failures), a->dir);
   });
 }

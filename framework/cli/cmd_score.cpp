@@ -1,4 +1,4 @@
-// collage score / metrics / bench-metrics: score a harmonised image against its collage with the metric
+// collage score / metrics / bench metrics: score a harmonised image against its collage with the metric
 // registry (metrics/metrics.h) and the real models behind it (metrics/plugins.h).
 #include <ATen/ATen.h>
 
@@ -11,10 +11,9 @@
 
 #include "cli/common.h"
 #include "collage/collage.h"
-#include "core/paths.h"
 #include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
-#include "metrics/plugins.h"
+#include "metrics/metrics.h"
 
 namespace fs = std::filesystem;
 namespace cm = collage::metrics;
@@ -22,11 +21,6 @@ namespace cm = collage::metrics;
 namespace collage::cli {
 
 namespace {
-
-// The first checkout folder `relative` that holds `marker` ("" when none).
-std::string find_shipped(const std::string& relative, const std::string& marker) {
-  return find_in_checkout(relative, marker);
-}
 
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -85,79 +79,32 @@ void add_model_options(CLI::App* cmd, ModelArgs& m, bool with_segmenter) {
   cmd->add_option("--lpips-net", m.lpips_net, "LPIPS backbone: alex, vgg or squeeze")->capture_default_str();
 }
 
-struct SetupDefaults {
-  std::string clip, clip_tokenizer, lpips;  // used when the flag is empty
-  std::string clip_missing, lpips_missing;   // reason when there is no default either
-};
-
-// Loads what `names` need. Missing models become skip reasons.
-cm::ModelSetup make_setup(const ModelArgs& m, const SetupDefaults& d, const std::vector<std::string>& names,
+// Loads what `names` need: the segmenter for this input, then the CLIP / LPIPS models (missing ones become skip
+// reasons). `reference_fallback`: without shipped assets, the tiny reference models (bench).
+cm::ModelSetup make_setup(const ModelArgs& m, bool reference_fallback, const std::vector<std::string>& names,
                           const cm::ScoreInput& input) {
-  cm::ModelSetup setup;
+  cm::MetricModelPaths paths;
+  paths.clip = m.clip;
+  paths.clip_tokenizer = m.clip_tokenizer;
+  paths.lpips = m.lpips;
+  paths.lpips_net = parse_lpips_net(m.lpips_net);
+  paths.reference_fallback = reference_fallback;
+  cm::ModelSetup setup = cm::load_metric_models(names, paths);
   if (needs_any(names, cm::Need::segmenter)) {
     std::string seg = m.segmenter;
     if (seg == "auto") seg = cm::auto_segmenter_name(input);
-    const auto registry = cm::all_segmenters();
     Json options = Json::object();
     if (seg == "dnn") {
       COLLAGE_CHECK_AT(!m.dnn_model.empty(), "", "--dnn-model", "--segmenter dnn needs --dnn-model FILE.onnx");
       options["model"] = m.dnn_model;
     }
     setup.segmenter_name = seg;
-    setup.context.segmenter = registry.create(seg, options);
-  }
-  if (needs_any(names, cm::Need::embedder)) {
-    const std::string dir = m.clip.empty() ? d.clip : m.clip;
-    const std::string tok = m.clip_tokenizer.empty() && m.clip.empty() ? d.clip_tokenizer : m.clip_tokenizer;
-    if (dir.empty())
-      setup.embedder_skip_reason = d.clip_missing;
-    else
-      setup.context.embedder = cm::try_load_clip(dir, tok, setup.embedder_skip_reason);
-  }
-  if (needs_any(names, cm::Need::perceptual)) {
-    const auto net = parse_lpips_net(m.lpips_net);
-    const std::string dir = m.lpips.empty() ? d.lpips : m.lpips;
-    if (dir.empty())
-      setup.perceptual_skip_reason = d.lpips_missing;
-    else
-      setup.context.perceptual = cm::try_load_lpips(dir, net, setup.perceptual_skip_reason);
+    setup.context.segmenter = cm::all_segmenters().create(seg, options);
   }
   return setup;
 }
 
 std::string fmt_value(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : std::string("-"); }
-
-void print_table(const cm::Scores& scores, const std::vector<std::string>& names,
-                 const std::vector<std::string>& layer_labels) {
-  const auto& reg = cm::builtin_metrics();
-  std::string header = fmt::format("| {:<21} | {:<6} | {:>9} |", "metric", "better", "value");
-  std::string rule = fmt::format("|{:-<23}|{:-<8}|{:->11}|", "", "", "");
-  for (const auto& l : layer_labels) {
-    header += fmt::format(" {:>12} |", l.substr(0, 12));
-    rule += fmt::format("{:->14}|", "");
-  }
-  std::cout << header << "\n" << rule << "\n";
-  std::vector<std::string> skipped;
-  for (const auto& name : names) {
-    const auto& v = scores.at(name);
-    const char* dir = reg.info(name).direction == cm::Direction::higher_is_better ? "higher" : "lower";
-    if (v.skipped) {
-      std::string line = fmt::format("| {:<21} | {:<6} | {:>9} |", name, dir, "skipped");
-      for (size_t i = 0; i < layer_labels.size(); ++i) line += fmt::format(" {:>12} |", "");
-      std::cout << line << "\n";
-      skipped.push_back(fmt::format("  {}: {}", name, v.skip_reason));
-      continue;
-    }
-    std::string line = fmt::format("| {:<21} | {:<6} | {:>9} |", name, dir, fmt_value(v.value));
-    for (size_t i = 0; i < layer_labels.size(); ++i)
-      line += fmt::format(" {:>12} |", i < v.per_layer.size() ? fmt_value(v.per_layer[i]) : std::string(""));
-    std::cout << line << "\n";
-  }
-  if (!skipped.empty()) {
-    std::cout << "skipped:\n";
-    for (const auto& s : skipped) std::cout << s << "\n";
-  }
-}
 
 std::string models_line(const cm::ModelSetup& s, const ModelArgs& m, const std::string& clip_dir,
                         const std::string& lpips_dir) {
@@ -166,37 +113,6 @@ std::string models_line(const cm::ModelSetup& s, const ModelArgs& m, const std::
   if (s.context.embedder) parts.push_back("CLIP " + clip_dir);
   if (s.context.perceptual) parts.push_back("LPIPS " + m.lpips_net + " " + lpips_dir);
   return fmt::format("{}", fmt::join(parts, ", "));
-}
-
-// A 64x64 ShapesWorld scene as a collage (background layer + one layer per object, placed as rendered) and its
-// render (shadows included) as the "output" to score.
-std::pair<Collage, at::Tensor> sandbox_collage(uint64_t seed, int size) {
-  shapesworld::SampleOptions options;
-  options.min_objects = 2;
-  options.max_objects = 3;
-  const auto scene = shapesworld::sample_scene(seed, options);
-  const auto rendered = shapesworld::render(scene, size, size);
-  Collage c;
-  c.width = c.height = size;
-  shapesworld::CaptionOptions everything;
-  everything.colour_probability = everything.pattern_probability = 1;
-  everything.background_probability = everything.tint_probability = 1;
-  const auto caption = shapesworld::make_caption(scene, seed, everything);
-  c.prompt = caption.text;
-  Layer bg;
-  bg.name = "background";
-  bg.text = caption.background_phrase;
-  auto bg_rgb = shapesworld::render_background(scene, size, size);
-  bg.rgba = at::cat({bg_rgb, at::ones({1, size, size}, bg_rgb.options())}, 0);
-  c.layers.push_back(bg);
-  for (size_t i = 0; i < rendered.objects.size(); ++i) {
-    Layer l;
-    l.name = "object" + std::to_string(i);
-    l.text = caption.object_phrases[i];
-    l.rgba = shapesworld::render_object_rgba(rendered.objects[i].spec, scene, size, size);
-    c.layers.push_back(l);
-  }
-  return {c, rendered.image};
 }
 
 }  // namespace
@@ -225,14 +141,8 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
     const auto image = read_image(a->image);
     const auto input = cm::score_input_from_collage(collage, image);
 
-    SetupDefaults d;
-    d.clip = find_shipped("assets/shapesworld/clip", "config.json");
-    d.lpips = find_shipped("assets/lpips", "");
-    if (!d.lpips.empty() && !fs::is_directory(d.lpips)) d.lpips.clear();
-    d.clip_missing = "no CLIP model: --clip not given and assets/shapesworld/clip does not exist";
-    d.lpips_missing = "no LPIPS weights: --lpips not given and assets/lpips does not exist";
     const double t0 = now_seconds();
-    const auto setup = make_setup(a->models, d, names, input);
+    const auto setup = make_setup(a->models, false, names, input);
     const double t1 = now_seconds();
     const auto scores = cm::score_with_setup(input, names, setup);
     const double t2 = now_seconds();
@@ -242,11 +152,9 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
       const auto& l = collage.layers[i];
       labels.push_back(!l.name.empty() ? l.name : !l.text.empty() ? l.text : "layer" + std::to_string(i));
     }
-    const std::string clip_dir = a->models.clip.empty() ? d.clip : a->models.clip;
-    const std::string lpips_dir = a->models.lpips.empty() ? d.lpips : a->models.lpips;
     std::cout << fmt::format("{} vs {} ({}x{}, {} layers; {})\n", a->image, collage.where(), collage.width,
-                             collage.height, collage.layers.size(), models_line(setup, a->models, clip_dir, lpips_dir));
-    print_table(scores, names, labels);
+                             collage.height, collage.layers.size(), models_line(setup, a->models, setup.clip_dir, setup.lpips_dir));
+    std::cout << cm::format_scores_table(scores, names, labels);
     std::cerr << fmt::format("models loaded in {:.2f} s, scored in {:.3f} s\n", t1 - t0, t2 - t1);
 
     Json out = Json::object();
@@ -284,7 +192,10 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
     std::cout << fmt::format("  {:<12} {}\n", "auto", cm::kAutoSegmenterDescription);
   });
 
-  // ---------------------------------------------------------------- collage bench-metrics
+}
+
+// collage bench metrics
+void add_metrics_bench_command(CLI::App& bench_group, GlobalOptions& global) {
   struct BenchArgs {
     int n = 20;
     uint64_t seed = 0;
@@ -292,8 +203,8 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
     ModelArgs models;
   };
   auto b = std::make_shared<BenchArgs>();
-  auto* bench = app.add_subcommand(
-      "bench-metrics",
+  auto* bench = bench_group.add_subcommand(
+      "metrics",
       "time every per-image metric on one 64x64 ShapesWorld sandbox image (a rendered scene scored against a "
       "collage of its background and objects); the golden tiny CLIP / LPIPS stand in when assets/ has no models");
   bench->add_option("--n", b->n, "timed repetitions per metric")->check(CLI::PositiveNumber)->capture_default_str();
@@ -306,7 +217,7 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
     cm::ScoreInput input;
     std::string what;
     if (b->collage.empty()) {
-      auto [collage, image] = sandbox_collage(b->seed, 64);
+      auto [collage, image] = datasets::rendered_scene_collage(b->seed, 64);
       input = cm::score_input_from_collage(collage, image);
       what = fmt::format("ShapesWorld scene {} ({} objects) vs its collage, 64x64", b->seed, collage.layers.size() - 1);
     } else {
@@ -314,24 +225,13 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
       input = cm::score_input_from_collage(collage, flatten(collage));
       what = fmt::format("{} flattened vs itself, {}x{}", collage.where(), collage.width, collage.height);
     }
-    SetupDefaults d;
-    d.clip = find_shipped("assets/shapesworld/clip", "config.json");
-    d.lpips = find_shipped("assets/lpips", "");
-    if (d.clip.empty()) {
-      d.clip = find_shipped("tests/data/golden/clip", "config.json");
-      d.clip_tokenizer = find_shipped("tests/data/golden/tokenizer", "vocab.json");
-    }
-    if (d.lpips.empty() || !fs::is_directory(d.lpips)) d.lpips = find_shipped("tests/data/golden/lpips", "heads_alex.safetensors");
-    d.clip_missing = "no CLIP model found (assets/shapesworld/clip, tests/data/golden/clip)";
-    d.lpips_missing = "no LPIPS weights found (assets/lpips, tests/data/golden/lpips)";
     const auto names = cm::per_image_metric_names();
     const double t0 = now_seconds();
-    const auto setup = make_setup(b->models, d, names, input);
+    const auto setup = make_setup(b->models, true, names, input);
     const double load_s = now_seconds() - t0;
-    const std::string clip_dir = b->models.clip.empty() ? d.clip : b->models.clip;
-    const std::string lpips_dir = b->models.lpips.empty() ? d.lpips : b->models.lpips;
     std::cout << fmt::format("{}; {}; {} threads; models loaded in {:.2f} s\n", what,
-                             models_line(setup, b->models, clip_dir, lpips_dir), at::get_num_threads(), load_s);
+                             models_line(setup, b->models, setup.clip_dir, setup.lpips_dir), at::get_num_threads(),
+                             load_s);
 
     std::cout << fmt::format("| {:<21} | {:>10} | {:>10} | {:>9} | {}\n", "metric", "ms/image", "best ms", "value",
                              "");

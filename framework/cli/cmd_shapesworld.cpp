@@ -1,10 +1,11 @@
-// collage render-shapesworld / analyse-shapesworld: look at the ShapesWorld sandbox (scenes, captions,
-// and what the analyser reads back from an image).
+// collage sandbox render / analyse / make-dataset: look at the ShapesWorld sandbox (scenes, captions, what the
+// analyser reads back from an image) and draw collage datasets from it.
 #include <filesystem>
 #include <iostream>
 
 #include "cli/common.h"
 #include "core/core.h"
+#include "datasets/collage_datasets.h"
 #include "datasets/shapesworld/shapesworld.h"
 
 namespace fs = std::filesystem;
@@ -19,7 +20,7 @@ void add_shapesworld_commands(CLI::App& app, GlobalOptions& global) {
   };
   auto r = std::make_shared<RenderArgs>();
   auto* render_cmd = app.add_subcommand(
-      "render-shapesworld",
+      "render",
       "render N random ShapesWorld scenes (seeds SEED..SEED+N-1) as PNGs, with scenes.json holding each "
       "scene's spec and captions");
   render_cmd->add_option("--seed", r->seed, "seed of the first scene")->capture_default_str();
@@ -59,7 +60,7 @@ void add_shapesworld_commands(CLI::App& app, GlobalOptions& global) {
   };
   auto a = std::make_shared<AnalyseArgs>();
   auto* analyse_cmd = app.add_subcommand(
-      "analyse-shapesworld", "segment and classify the ShapesWorld objects of an image (a render or a generated image)");
+      "analyse", "segment and classify the ShapesWorld objects of an image (a render or a generated image)");
   analyse_cmd->add_option("image", a->image, "PNG or JPEG image")->required()->check(CLI::ExistingFile);
   analyse_cmd->add_option("--background", a->background, "the scene's background, if known (default: estimated)");
   analyse_cmd->add_option("--tint", a->tint, "the scene's tint, if known (default: estimated)");
@@ -80,6 +81,31 @@ void add_shapesworld_commands(CLI::App& app, GlobalOptions& global) {
     for (const auto& d : result.objects)
       std::cout << fmt::format("| {:<7} | {:<8} | {:<7} | {:>5.3f} | {:>5.3f} | {:>5.3f} | {:>8.1f} | {:>6.4f} | {:>5.3f} |\n",
                                d.colour, d.shape, d.pattern, d.cx, d.cy, d.size, d.rotation_deg, d.area, d.fit);
+  });
+
+  auto ds = std::make_shared<datasets::ShapesWorldCollageOptions>();
+  auto ds_args = std::make_shared<std::pair<int64_t, std::string>>(50, "");
+  auto ds_world = std::make_shared<std::string>("shapesworld");
+  auto* d = app.add_subcommand("make-dataset", "generate a collage dataset (layers cut from other scenes, with ground truth)");
+  d->add_option("world", *ds_world, "world to draw from (shapesworld)")->capture_default_str();
+  d->add_option("--n", ds_args->first, "number of collages")->capture_default_str();
+  d->add_option("--seed", ds->seed, "dataset seed")->capture_default_str();
+  d->add_option("--size", ds->size, "canvas side in pixels")->capture_default_str();
+  d->add_option("--max-objects", ds->max_objects, "objects per collage (1..max)")->capture_default_str();
+  d->add_option("--noise-strength", ds->noise_strength, "s_i written into every layer")->capture_default_str();
+  d->add_option("--unnamed", ds->unnamed_probability, "chance a layer's pattern is left out of its text")
+      ->capture_default_str();
+  d->add_option("--unnamed-colour", ds->unnamed_colour_probability,
+                "chance a layer's colour is left out of its text (a positive control for TI)")
+      ->capture_default_str();
+  d->add_option("--kept-strength", ds->kept_strength,
+                "one object layer per collage gets this noise strength and meta kept=true (-1: none)")
+      ->capture_default_str();
+  d->add_option("--out", ds_args->second, "output dataset folder")->required();
+  d->callback([ds, ds_args, ds_world] {
+    COLLAGE_CHECK_AT(*ds_world == "shapesworld", "", "world", "unknown world '{}' (available: shapesworld)", *ds_world);
+    auto folders = datasets::make_shapesworld_dataset(ds_args->first, *ds, ds_args->second);
+    std::cout << fmt::format("{} collages in {}\n", folders.size(), ds_args->second);
   });
 }
 

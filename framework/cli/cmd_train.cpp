@@ -1,17 +1,13 @@
-// collage train-model / eval-shapesworld: the trainer of the embedded ShapesWorld model and its held-out
-// compositional evaluation.
+// collage sandbox train / eval / train-clip / eval-clip, text-diff: the trainers of the embedded ShapesWorld model
+// (UNet + text encoder) and the sandbox CLIP, with their evaluations; text-diff for any text encoder.
 #include <filesystem>
 #include <iostream>
 #include <sstream>
 
 #include "cli/common.h"
 #include "core/core.h"
-#include "core/paths.h"
-#include "models/clip_text_model.h"
-#include "models/clip_tokenizer.h"
-#include "models/text_states.h"
-#include "training/clip_trainer.h"
-#include "training/trainer.h"
+#include "models/models.h"
+#include "training/training.h"
 
 namespace fs = std::filesystem;
 
@@ -41,11 +37,10 @@ struct EvalArgs {
   double guidance = 5.0;
   uint64_t seed = 0;
 };
-}  // namespace
 
-void add_train_commands(CLI::App& app, GlobalOptions& global) {
+void add_train_model(CLI::App& app, GlobalOptions& global) {
   auto ta = std::make_shared<TrainArgs>();
-  auto* train = app.add_subcommand("train-model", "train a small text-to-image model from scratch on a sandbox world");
+  auto* train = app.add_subcommand("train", "train a small text-to-image model from scratch on a sandbox world");
   train->add_option("--world", ta->world, "the world the images come from (shapesworld)")->capture_default_str();
   train->add_option("--config", ta->config, "training config JSON (see assets/shapesworld/train_config.json)")
       ->required();
@@ -68,7 +63,7 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     cmd << "collage";
     if (global.threads > 0) cmd << " --threads " << global.threads;
     if (global.device != "cpu") cmd << " --device " << global.device;
-    cmd << " train-model --world " << ta->world << " --config " << ta->config << " --out " << ta->out;
+    cmd << " sandbox train --world " << ta->world << " --config " << ta->config << " --out " << ta->out;
     if (ta->steps >= 0) cmd << " --steps " << ta->steps;
     if (ta->minutes >= 0) cmd << " --minutes " << ta->minutes;
     if (ta->resume) cmd << " --resume";
@@ -78,6 +73,9 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
                              r.model_dir);
   });
 
+}
+
+void add_train_clip(CLI::App& app, GlobalOptions& global) {
   auto ca = std::make_shared<ClipArgs>();
   auto* tc = app.add_subcommand("train-clip",
                                 "train a small CLIP (image/text, contrastive) from scratch on a sandbox world, for the "
@@ -116,6 +114,9 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
                              r.model_dir);
   });
 
+}
+
+void add_eval_clip(CLI::App& app, GlobalOptions& global) {
   auto cea = std::make_shared<ClipEvalArgs>();
   auto* ce = app.add_subcommand("eval-clip", "zero-shot colour/shape accuracy and retrieval of a CLIP on fresh renders");
   ce->add_option("--model", cea->model, "CLIPModel folder (default: assets/shapesworld/clip)");
@@ -132,8 +133,11 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
     std::cout << r.summary() << fmt::format("; {:.1f} s\n", r.seconds);
   });
 
+}
+
+void add_eval_shapesworld(CLI::App& app, GlobalOptions& global) {
   auto ea = std::make_shared<EvalArgs>();
-  auto* ev = app.add_subcommand("eval-shapesworld",
+  auto* ev = app.add_subcommand("eval",
                                 "held-out compositional test: how often the analyser finds every named colour+shape");
   ev->add_option("--model", ea->model, "model folder (default: the embedded ShapesWorld model)");
   ev->add_option("--n", ea->n, "number of prompts")->capture_default_str();
@@ -186,6 +190,18 @@ void add_train_commands(CLI::App& app, GlobalOptions& global) {
         r.objects, r.seconds);
   });
 
+}
+
+}  // namespace
+
+void add_train_commands(CLI::App& app, GlobalOptions& global) {
+  add_train_model(app, global);
+  add_train_clip(app, global);
+  add_eval_clip(app, global);
+  add_eval_shapesworld(app, global);
+}
+
+void add_text_diff_command(CLI::App& app, GlobalOptions& global) {
   struct TextDiffArgs {
     std::string model, a, b;
   };

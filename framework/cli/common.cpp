@@ -9,9 +9,8 @@
 #include <iostream>
 #include <thread>
 
-#include "core/paths.h"
-#include "core/error.h"
-#include "diffusion/pipeline.h"
+#include "core/core.h"
+#include "diffusion/diffusion.h"
 
 namespace collage::cli {
 

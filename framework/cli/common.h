@@ -52,11 +52,16 @@ std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model, const s
 // Subcommand registration (one file each).
 void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
-void add_bench_command(CLI::App& app, GlobalOptions& global);
+void add_bench_commands(CLI::App& bench_group, GlobalOptions& global);         // unet, attention, txt2img
+void add_metrics_bench_command(CLI::App& bench_group, GlobalOptions& global);  // metrics
 void add_collage_commands(CLI::App& app, GlobalOptions& global);
 void add_score_commands(CLI::App& app, GlobalOptions& global);
-void add_train_commands(CLI::App& app, GlobalOptions& global);
-void add_shapesworld_commands(CLI::App& app, GlobalOptions& global);
+void add_train_commands(CLI::App& sandbox_group, GlobalOptions& global);       // train, train-clip, eval-clip, eval
+void add_shapesworld_commands(CLI::App& sandbox_group, GlobalOptions& global);  // render, analyse, make-dataset
+void add_text_diff_command(CLI::App& app, GlobalOptions& global);
+// The sandbox and bench commands under their pre-grouping names (train-model, render-shapesworld, bench-metrics,
+// ...), hidden from --help and with a note naming the new command; kept for one release.
+void add_old_command_names(CLI::App& app, GlobalOptions& global);
 void add_sweep_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

@@ -6,7 +6,7 @@
 
 #include "collage/collage.h"
 #include "core/core.h"
-#include "models/clip_tokenizer.h"
+#include "models/models.h"
 
 namespace collage {
 

@@ -5,5 +5,7 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "core/json.h"
+#include "core/paths.h"
+#include "core/process.h"
 #include "core/safetensors.h"
 #include "core/version.h"

@@ -173,6 +173,24 @@ at::Tensor cfg_prompt_embeds(StableDiffusion& sd, const GenerateRequest& r, int6
   return at::cat({uncond, cond}, 0);
 }
 
+std::shared_ptr<StableDiffusion> StableDiffusion::random(const std::string& config_folder,
+                                                        const std::string& vocab_folder,
+                                                        const PipelineOptions& options) {
+  const std::filesystem::path dir(config_folder);
+  auto sd = std::make_shared<StableDiffusion>();
+  sd->name = "random " + config_folder;
+  sd->device = parse_device(options.device);
+  sd->dtype = parse_dtype(options.dtype, sd->device);
+  sd->tokenizer = std::make_shared<ClipTokenizer>(ClipTokenizer::from_folder(vocab_folder, (dir / "tokenizer").string()));
+  sd->text_encoder = ClipTextModel(ClipTextConfig::from_json_file((dir / "text_encoder/config.json").string()));
+  sd->unet = UNet2DConditionModel(UNet2DConditionConfig::from_json_file((dir / "unet/config.json").string()));
+  sd->vae = std::make_shared<AutoencoderKLModel>(
+      AutoencoderKL(AutoencoderKLConfig::from_json_file((dir / "vae/config.json").string())));
+  sd->scheduler = load_scheduler((dir / "scheduler/scheduler_config.json").string(), "euler_ancestral");
+  sd->prepare(options);
+  return sd;
+}
+
 ModelFn unet_model_fn(StableDiffusion& sd) {
   auto unet = sd.unet;
   return [unet](const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context, const StepInfo& step) mutable {

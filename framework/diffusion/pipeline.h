@@ -13,10 +13,7 @@
 
 #include "diffusion/sampler.h"
 #include "diffusion/scheduler.h"
-#include "models/autoencoder_kl.h"
-#include "models/clip_text_model.h"
-#include "models/clip_tokenizer.h"
-#include "models/unet_2d_condition.h"
+#include "models/models.h"
 
 namespace collage {
 
@@ -43,6 +40,11 @@ class StableDiffusion {
   // Loads a diffusers pipeline folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/).
   static std::shared_ptr<StableDiffusion> load(const std::string& folder, const PipelineOptions& options = {});
   static std::shared_ptr<StableDiffusion> load(const ComponentPaths& paths, const PipelineOptions& options = {});
+  // A pipeline with random weights built from a real model's config folder (text_encoder/, unet/, vae/,
+  // scheduler/ configs; tokenizer_config.json from its tokenizer/) and a vocabulary folder: benchmarks at the real
+  // size without the weights.
+  static std::shared_ptr<StableDiffusion> random(const std::string& config_folder, const std::string& vocab_folder,
+                                                 const PipelineOptions& options = {});
 
   std::string name;  // the folder it came from (for records)
   std::shared_ptr<ClipTokenizer> tokenizer;

@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage {
 

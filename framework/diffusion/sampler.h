@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "diffusion/scheduler.h"
-#include "models/attention.h"
+#include "models/models.h"
 
 namespace collage {
 

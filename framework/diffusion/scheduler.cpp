@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "diffusion/scheduler_util.h"
 
 namespace collage {

@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "diffusion/scheduler_util.h"
 
 namespace collage::sched {

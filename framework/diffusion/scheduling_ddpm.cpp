@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "diffusion/scheduler_util.h"
 
 namespace collage::sched {

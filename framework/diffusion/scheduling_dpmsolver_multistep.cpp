@@ -8,7 +8,7 @@
 #include <cmath>
 #include <set>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "diffusion/scheduler_util.h"
 
 namespace collage::sched {

@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "diffusion/scheduler_util.h"
 
 namespace collage::sched {

@@ -9,7 +9,7 @@
 #include <string>
 #include <utility>
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage {
 

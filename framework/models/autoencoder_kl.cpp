@@ -5,7 +5,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "models/load.h"
 #include "models/space_to_depth.h"
 

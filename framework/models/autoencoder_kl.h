@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
+#include "core/core.h"
 #include "models/attention.h"
 #include "models/resnet.h"
 

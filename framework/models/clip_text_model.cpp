@@ -4,9 +4,7 @@
 
 #include <filesystem>
 
-#include "core/error.h"
-#include "core/json.h"
-#include "core/safetensors.h"
+#include "core/core.h"
 #include "models/load.h"
 
 namespace collage {

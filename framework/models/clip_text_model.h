@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
+#include "core/core.h"
 #include "models/clip_encoder.h"
 
 namespace collage {

@@ -8,8 +8,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "core/error.h"
-#include "core/json.h"
+#include "core/core.h"
 #include "models/ftfy.h"
 #include "models/unicode_text.h"
 

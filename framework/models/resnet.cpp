@@ -8,7 +8,7 @@
 #include <malloc.h>
 #endif
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage {
 

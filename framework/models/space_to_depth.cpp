@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage {
 

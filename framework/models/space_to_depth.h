@@ -9,7 +9,7 @@
 
 #include <string>
 
-#include "core/json.h"
+#include "core/core.h"
 #include "models/autoencoder_kl.h"
 
 namespace collage {

@@ -5,7 +5,7 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage::unicode {
 namespace {

@@ -1,4 +1,4 @@
-#include "metrics/nets/clip_model.h"
+#include "nets/clip_model.h"
 
 #include <torch/torch.h>
 
@@ -11,7 +11,7 @@
 #include <set>
 
 #include "core/core.h"
-#include "models/load.h"
+#include "models/models.h"
 
 namespace fs = std::filesystem;
 

@@ -24,9 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
-#include "models/clip_encoder.h"
-#include "models/clip_text_model.h"
+#include "core/core.h"
+#include "models/models.h"
 
 namespace collage {
 

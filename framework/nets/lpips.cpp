@@ -1,11 +1,11 @@
-#include "metrics/nets/lpips.h"
+#include "nets/lpips.h"
 
 #include <torch/torch.h>
 
 #include <filesystem>
 
 #include "core/core.h"
-#include "models/load.h"
+#include "models/models.h"
 
 namespace fs = std::filesystem;
 

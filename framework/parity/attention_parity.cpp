@@ -7,8 +7,8 @@
 #include <cmath>
 #include <fmt/format.h>
 
-#include "core/process.h"
-#include "models/attention.h"
+#include "core/core.h"
+#include "models/models.h"
 #include "parity/parity.h"
 
 namespace collage::parity {

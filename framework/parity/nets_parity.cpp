@@ -1,4 +1,4 @@
-#include "metrics/nets/nets_parity.h"
+#include "parity/nets_parity.h"
 
 #include <ATen/ATen.h>
 #include <torch/torch.h>
@@ -9,9 +9,8 @@
 #include <sstream>
 
 #include "core/core.h"
-#include "metrics/nets/clip_model.h"
-#include "metrics/nets/lpips.h"
-#include "models/clip_tokenizer.h"
+#include "nets/nets.h"
+#include "models/models.h"
 
 namespace fs = std::filesystem;
 

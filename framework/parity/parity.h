@@ -77,6 +77,11 @@ std::vector<CaseResult> run_parity(const std::string& root,
                                    const std::function<void(const std::string&)>& progress = {},
                                    const Target& target = {});
 
+// The table `collage parity` prints: a summary row per component (its worst case) plus every failure, or every
+// case with `all_rows`; then "N cases, P passed, F failed".
+std::string format_table(const std::vector<CaseResult>& results, bool all_rows = false);
+size_t count_failures(const std::vector<CaseResult>& results);
+
 // Checkers, one per component kind (each in its own .cpp).
 void check_tokenizer(const std::string& folder, Recorder& rec);
 void check_text_encoder(const std::string& folder, Recorder& rec);
@@ -99,5 +104,28 @@ struct AttentionGradientCheck {
 };
 AttentionGradientCheck check_attention_gradients(int64_t batch, int64_t heads, int64_t queries, int64_t keys,
                                                  int64_t dim, const at::TensorOptions& options, int64_t repeat);
+
+// ---- Benchmarks (`collage bench`, scripts/device/device_check.cpp) ----
+
+// Best GFLOPS of an n x n matmul in `dtype` over a few repetitions: the machine's reference rate.
+double matmul_gflops(int64_t n, const at::Device& device, at::ScalarType dtype = at::kFloat);
+
+struct UnetBenchOptions {
+  std::string config_path;          // a UNet config.json
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+  int64_t latent = 64, batch = 2, tokens = 77, repeat = 2;
+  bool channels_last = true, pack_convs = true;  // the CPU fast paths (ignored on a GPU)
+  std::string profile;              // a Chrome trace of one extra evaluation ("" = none)
+};
+struct UnetBenchResult {
+  double parameters = 0, build_seconds = 0, packed_convs = 0;
+  double gflop = 0;                 // one evaluation
+  double warmup_seconds = 0, best_seconds = 0, mean_seconds = 0;
+  double peak_bytes = 0, resident_before_bytes = 0;  // CPU only
+  double gflops() const { return best_seconds > 0 ? gflop / best_seconds : 0; }
+};
+// One UNet evaluation at a real model's size with random weights: warm-up, then `repeat` timed evaluations.
+UnetBenchResult bench_unet(const UnetBenchOptions& options);
 
 }  // namespace collage::parity

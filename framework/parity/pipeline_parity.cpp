@@ -4,8 +4,7 @@
 #include <filesystem>
 
 #include "core/core.h"
-#include "diffusion/guidance.h"
-#include "diffusion/pipeline.h"
+#include "diffusion/diffusion.h"
 #include "parity/parity.h"
 
 namespace fs = std::filesystem;

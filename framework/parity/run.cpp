@@ -1,7 +1,7 @@
 #include <filesystem>
 
 #include "core/core.h"
-#include "metrics/nets/nets_parity.h"
+#include "parity/nets_parity.h"
 #include "parity/parity.h"
 
 namespace fs = std::filesystem;

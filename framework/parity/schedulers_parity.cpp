@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include "core/core.h"
-#include "diffusion/scheduler.h"
+#include "diffusion/diffusion.h"
 #include "parity/parity.h"
 
 namespace collage::parity {

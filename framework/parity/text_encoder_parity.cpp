@@ -5,7 +5,7 @@
 #include <map>
 
 #include "core/core.h"
-#include "models/clip_text_model.h"
+#include "models/models.h"
 #include "parity/parity.h"
 
 namespace collage::parity {

@@ -3,7 +3,7 @@
 #include <filesystem>
 
 #include "core/core.h"
-#include "models/clip_tokenizer.h"
+#include "models/models.h"
 #include "parity/parity.h"
 
 namespace collage::parity {

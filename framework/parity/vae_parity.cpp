@@ -5,7 +5,7 @@
 #include <set>
 
 #include "core/core.h"
-#include "models/autoencoder_kl.h"
+#include "models/models.h"
 #include "parity/parity.h"
 
 namespace collage::parity {

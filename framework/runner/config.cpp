@@ -7,7 +7,7 @@
 
 #include "core/core.h"
 #include "datasets/collage_datasets.h"
-#include "metrics/plugins.h"
+#include "metrics/metrics.h"
 #include "runner/runner.h"
 
 namespace fs = std::filesystem;

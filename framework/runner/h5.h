@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "core/core.h"
 
 namespace collage::runner::h5 {
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "collage/collage.h"
-#include "core/json.h"
+#include "core/core.h"
 #include "methods/methods.h"
 
 namespace collage {

@@ -9,10 +9,9 @@
 #include <map>
 #include <set>
 
-#include "core/paths.h"
 #include "core/core.h"
-#include "diffusion/pipeline.h"
-#include "metrics/plugins.h"
+#include "diffusion/diffusion.h"
+#include "metrics/metrics.h"
 #include "runner/h5.h"
 #include "runner/runner.h"
 
@@ -319,24 +318,12 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
     po.device = options.device;
     po.dtype = options.dtype;
     auto sd = StableDiffusion::load(model, po);
-    cm::ModelSetup base_setup;
     const auto& names = config.metrics;
-    if (needs_any(names, cm::Need::embedder)) {
-      std::string dir = resolve_path(config.clip, config.path), tok = resolve_path(config.clip_tokenizer, config.path);
-      if (dir.empty()) dir = find_shipped("assets/shapesworld/clip", "config.json");
-      if (dir.empty())
-        base_setup.embedder_skip_reason = "no CLIP model: 'clip' not set and assets/shapesworld/clip does not exist";
-      else
-        base_setup.context.embedder = cm::try_load_clip(dir, tok, base_setup.embedder_skip_reason);
-    }
-    if (needs_any(names, cm::Need::perceptual)) {
-      std::string dir = resolve_path(config.lpips, config.path);
-      if (dir.empty()) dir = find_shipped("assets/lpips", "");
-      if (dir.empty())
-        base_setup.perceptual_skip_reason = "no LPIPS weights: 'lpips' not set and assets/lpips does not exist";
-      else
-        base_setup.context.perceptual = cm::try_load_lpips(dir, LpipsNet::Alex, base_setup.perceptual_skip_reason);
-    }
+    cm::MetricModelPaths metric_paths;
+    metric_paths.clip = resolve_path(config.clip, config.path);
+    metric_paths.clip_tokenizer = resolve_path(config.clip_tokenizer, config.path);
+    metric_paths.lpips = resolve_path(config.lpips, config.path);
+    const cm::ModelSetup base_setup = cm::load_metric_models(names, metric_paths);
     std::map<std::string, std::shared_ptr<cm::Segmenter>> segmenters;
     const auto seg_registry = cm::all_segmenters();
     summary.load_s = now() - t_load;

@@ -11,11 +11,10 @@
 #include <iostream>
 #include <map>
 
-#include "core/error.h"
-#include "core/safetensors.h"
+#include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
-#include "metrics/nets/clip_model.h"
-#include "models/clip_tokenizer.h"
+#include "nets/nets.h"
+#include "models/models.h"
 #include "training/common.h"
 
 namespace fs = std::filesystem;

@@ -13,9 +13,7 @@
 #include <fstream>
 #include <string>
 
-#include "core/error.h"
-#include "core/json.h"
-#include "core/paths.h"
+#include "core/core.h"
 
 namespace collage::training::detail {
 

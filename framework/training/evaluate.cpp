@@ -6,10 +6,9 @@
 #include <functional>
 #include <random>
 
-#include "core/error.h"
+#include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
-#include "diffusion/pipeline.h"
-#include "diffusion/sampler.h"
+#include "diffusion/diffusion.h"
 #include "training/trainer.h"
 
 namespace fs = std::filesystem;

@@ -13,11 +13,10 @@
 #include <future>
 #include <iostream>
 
-#include "core/error.h"
-#include "core/safetensors.h"
+#include "core/core.h"
 #include "datasets/shapesworld/shapesworld.h"
-#include "diffusion/scheduler.h"
-#include "models/load.h"
+#include "diffusion/diffusion.h"
+#include "models/models.h"
 #include "training/common.h"
 
 namespace fs = std::filesystem;

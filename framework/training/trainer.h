@@ -18,11 +18,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/json.h"
-#include "models/clip_text_model.h"
-#include "models/clip_tokenizer.h"
-#include "models/space_to_depth.h"
-#include "models/unet_2d_condition.h"
+#include "core/core.h"
+#include "models/models.h"
 
 namespace collage::training {
 

@@ -20,7 +20,7 @@ SOURCES=(
   framework/core/{compare,json,paths,process,safetensors,version}.cpp
   framework/models/*.cpp
   framework/diffusion/*.cpp
-  framework/parity/{attention_parity,recorder,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
+  framework/parity/{attention_parity,bench,recorder,table,tokenizer_parity,text_encoder_parity,unet_parity,vae_parity,schedulers_parity,pipeline_parity}.cpp
   framework/training/{trainer,evaluate}.cpp
   datasets/shapesworld/{world,render,analyse}.cpp
   scripts/device/device_check.cpp

@@ -56,8 +56,8 @@ int run_parity_on_cuda(const std::string& root, const std::string& dtype_name) {
   for (const auto& e : fs::directory_iterator(root))
     if (e.is_directory()) folders.push_back(e.path().string());
   std::sort(folders.begin(), folders.end());
-  int failures = 0, cases = 0;
   std::cout << "parity on " << target.str() << "\n";
+  std::vector<parity::CaseResult> results;
   for (const auto& folder : folders) {
     const auto name = fs::path(folder).filename().string();
     for (const auto& [prefix, check] : checkers) {
@@ -68,55 +68,28 @@ int run_parity_on_cuda(const std::string& root, const std::string& dtype_name) {
       } catch (const std::exception& e) {
         rec.failure("(checker)", e.what());
       }
-      double worst_rel = 0;
-      int fails = 0;
-      for (const auto& r : rec.results()) {
-        worst_rel = std::max(worst_rel, r.rel);
-        if (!r.pass) {
-          ++fails;
-          std::cout << fmt::format("  FAIL {} {}: max_abs {:.3e} max|ref| {:.3e} tol r{:.0e} a{:.0e} {}\n", name,
-                                   r.name, r.max_abs_diff, r.max_abs_ref, r.rtol, r.atol, r.detail);
-        }
-      }
-      std::cout << fmt::format("{:<20} {:>4} cases  {:>3} failed  worst rel {:.3e}\n", name, rec.results().size(),
-                               fails, worst_rel);
-      failures += fails;
-      cases += int(rec.results().size());
+      results.insert(results.end(), rec.results().begin(), rec.results().end());
       break;
     }
   }
-  std::cout << fmt::format("parity {}: {} cases, {} failed\n", target.str(), cases, failures);
-  return failures == 0 ? 0 : 1;
+  std::cout << parity::format_table(results);
+  return parity::count_failures(results) == 0 ? 0 : 1;
 }
 
 int bench_unet(const std::string& config_path, const std::string& dtype_name, int64_t latent, int64_t batch,
                int repeat) {
-  torch::NoGradGuard no_grad;
-  const at::Device device = target_device();
-  const auto dtype = parse_dtype(dtype_name, device);
-  auto config = UNet2DConditionConfig::from_json_file(config_path);
-  double t0 = now();
-  auto model = std::make_shared<UNet2DConditionModelImpl>(config);
-  model->to(device, dtype);
-  model->eval();
-  std::cout << fmt::format("UNet {} built and moved in {:.1f} s\n", config_path, now() - t0);
-  const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  auto sample = at::randn({batch, config.in_channels, latent, latent}, opts);
-  auto context = at::randn({batch, 77, config.cross_attention_dim}, opts);
-  auto timestep = at::scalar_tensor(500.0, at::TensorOptions().device(device));
-  auto out = model->forward(sample, timestep, context);  // warm-up (cuDNN algorithm choice)
-  synchronize();
-  TORCH_CHECK(at::isfinite(out).all().item<bool>(), "non-finite UNet output");
-  double best = 1e30;
-  for (int i = 0; i < repeat; ++i) {
-    t0 = now();
-    out = model->forward(sample, timestep, context);
-    synchronize();
-    best = std::min(best, now() - t0);
-  }
-  const double flops = unet_flops(config, batch, latent, latent, 77);
+  parity::UnetBenchOptions o;
+  o.config_path = config_path;
+  o.device = target_device();
+  o.dtype = parse_dtype(dtype_name, o.device);
+  o.latent = latent;
+  o.batch = batch;
+  o.repeat = repeat;
+  const auto r = parity::bench_unet(o);
+  std::cout << fmt::format("UNet {} built and moved in {:.1f} s\n", config_path, r.build_seconds);
   std::cout << fmt::format("UNet eval {} batch {} latent {}: best of {} {:.2f} ms, {:.1f} TFLOP/s ({:.1f} GFLOP)\n",
-                           c10::toString(dtype), batch, latent, repeat, best * 1e3, flops / best / 1e12, flops / 1e9);
+                           c10::toString(o.dtype), batch, latent, repeat, r.best_seconds * 1e3, r.gflops() / 1e3,
+                           r.gflop);
   return 0;
 }
 

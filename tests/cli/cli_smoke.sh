@@ -58,17 +58,27 @@ err=$("$collage" score --collage "$collage_dir" --image "$work/gen/seed_1.png" -
 check "an unknown metric is refused, naming the valid ones" '[ $rc -eq 1 ] && [[ "$err" == *"mask_iou"* ]]'
 out=$("$collage" metrics 2>&1)
 check "metrics lists the registry" '[[ "$out" == *"ciede2000"* ]] && [[ "$out" == *"kid"* ]]'
-"$collage" make-dataset shapesworld --n 3 --seed 2 --out "$work/ds" >/dev/null 2>&1
+"$collage" sandbox make-dataset shapesworld --n 3 --seed 2 --out "$work/ds" >/dev/null 2>&1
 check "make-dataset writes collages and an index" '[ -s "$work/ds/index.json" ] && [ -s "$work/ds/collage_00002/collage.json" ]'
 # The sandbox CLIP trainer (2 steps of the shipped config, run from another folder) and scoring with its output.
 root="$(cd "$golden/../../.." && pwd)"
-(cd "$work" && "$collage" --threads 1 train-clip --config "$root/assets/shapesworld/clip_config.json" --out "$work/clip" \
+(cd "$work" && "$collage" --threads 1 sandbox train-clip --config "$root/assets/shapesworld/clip_config.json" --out "$work/clip" \
   --steps 2 --eval-images 0 >/dev/null 2>&1)
 check "train-clip writes a CLIPModel folder" \
   '[ -s "$work/clip/model/model.safetensors" ] && [ -s "$work/clip/model/preprocessor_config.json" ] && [ -s "$work/clip/model/vocab.json" ]'
 "$collage" --threads 1 score --collage "$collage_dir" --image "$work/gen/seed_1.png" --metrics clip_score \
   --clip "$work/clip/model" --json "$work/clip.json" >/dev/null 2>&1
 check "score computes clip_score with the trained CLIP" 'grep -q "clip_score" "$work/clip.json" && ! grep -q "skip" "$work/clip.json"'
-"$collage" --help >/dev/null && "$collage" parity --help >/dev/null && "$collage" bench unet --help >/dev/null
+"$collage" --help >/dev/null && "$collage" parity --help >/dev/null && "$collage" bench unet --help >/dev/null \
+  && "$collage" sandbox train --help >/dev/null && "$collage" bench metrics --help >/dev/null
 check "--help works everywhere" '[ $? -eq 0 ]'
+# The grouped commands: old names still work for one release, with a note; usage errors exit 2, runtime errors 1.
+err=$("$collage" render-shapesworld --n 1 --out "$work/rs" 2>&1); rc=$?
+check "an old command name still works and names the new one" '[ $rc -eq 0 ] && [[ "$err" == *"collage sandbox render"* ]] && ls "$work/rs"/*.png >/dev/null 2>&1'
+out=$("$collage" --help 2>&1)
+check "--help lists the groups, not the old names" '[[ "$out" == *"sandbox"* ]] && [[ "$out" == *"bench"* ]] && [[ "$out" != *"render-shapesworld"* ]]'
+"$collage" generate --no-such-flag >/dev/null 2>&1; rc=$?
+check "a usage error exits 2" '[ $rc -eq 2 ]'
+"$collage" sandbox >/dev/null 2>&1; rc=$?
+check "a group without its command is a usage error (exit 2)" '[ $rc -eq 2 ]'
 exit $fail

@@ -4,8 +4,8 @@
 #include <filesystem>
 
 #include "core/core.h"
-#include "metrics/nets/clip_model.h"
-#include "metrics/nets/nets_parity.h"
+#include "nets/clip_model.h"
+#include "parity/nets_parity.h"
 #include "test_util.h"
 
 using namespace collage;

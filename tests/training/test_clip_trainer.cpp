@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "core/safetensors.h"
-#include "metrics/nets/clip_model.h"
+#include "nets/clip_model.h"
 #include "test_util.h"
 #include "tiny_clip.h"
 #include "training/clip_trainer.h"

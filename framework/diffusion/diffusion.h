@@ -1,0 +1,8 @@
+// The diffusion module's public header: schedulers, the one sampling loop, classifier-free guidance and the
+// txt2img / img2img pipelines. Modules above include this header only.
+#pragma once
+
+#include "diffusion/guidance.h"
+#include "diffusion/pipeline.h"
+#include "diffusion/sampler.h"
+#include "diffusion/scheduler.h"
