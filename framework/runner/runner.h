@@ -200,7 +200,7 @@ struct SweepStatus {
   std::vector<RunProgress> runs;     // summed over the shards
   int64_t done = 0, total = 0;
   int64_t running = 0;               // tasks running now
-  double eta_s = -1;                 // remaining units x mean unit time / running tasks; -1 = unknown
+  double eta_s = -1;                 // remaining units x mean unit time / running tasks; -1 = none running
   std::vector<int> failed;           // tasks that ended with units unfinished
 };
 SweepStatus sweep_status(const std::string& store);

@@ -355,7 +355,7 @@ void finish_totals(SweepStatus& s) {
     seconds += t.progress.unit_seconds;
     sum_runs(s.runs, t.progress.runs);
   }
-  if (s.done > 0 && s.done < s.total)
+  if (s.running > 0 && s.done > 0 && s.done < s.total)  // only while tasks run (a plain store: unknown)
     s.eta_s = static_cast<double>(s.total - s.done) * seconds / static_cast<double>(s.done) /
               static_cast<double>(std::max<int64_t>(1, s.running));
 }

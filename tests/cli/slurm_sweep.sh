@@ -26,14 +26,14 @@ fail=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
 
 cd "$work"
-# 3 generated collages x 2 runs = 6 units, 2 per task; cheap metrics.
+# 3 generated collages x 3 runs = 9 units, 3 per task (long enough to cancel a task between units); cheap metrics.
 cat > sweep.json <<'JSON'
 {
   "dataset": {"generate": {"world": "shapesworld", "n": 3, "seed": 0, "size": 64}},
   "seeds": [0, 1],
-  "steps": 12,
+  "steps": 16,
   "metrics": ["ciede2000", "ssim"],
-  "runs": [{"method": "sdedit", "grid": {"strength": [0.5, 0.8]}}]
+  "runs": [{"method": "sdedit", "grid": {"strength": [0.5, 0.7, 0.9]}}]
 }
 JSON
 t0=$(date +%s)
@@ -53,8 +53,8 @@ cmp_a=$(/usr/bin/python3 "$here/compare_stores.py" local.h5 a.h5); rc=$?
 echo "   merged vs local: $cmp_a"
 check "the merged store equals the local unsharded run (items, images, scores)" '[ $rc -eq 0 ]'
 out=$("$collage" status a.h5 2>&1)
-check "status of a finished sweep: every task done, 6/6 units" \
-  '[[ "$out" == *"total: 6/6 units done"* ]] && [ "$(grep -c " done " <<<"$out")" -eq 3 ]' || echo "$out"
+check "status of a finished sweep: every task done, 9/9 units" \
+  '[[ "$out" == *"total: 9/9 units done"* ]] && [ "$(grep -c " done " <<<"$out")" -eq 3 ]' || echo "$out"
 
 # 2. Cancel one task mid-run: the merge reports it, status shows it, a rerun completes the store.
 "$collage" --threads 1 sweep sweep.json --out b.h5 --slurm 3 >b.log 2>&1
@@ -67,23 +67,23 @@ for _ in $(seq 600); do
     s=$("$collage" status b.h5 2>&1)
     [ -z "$running_status" ] && running_status="$s"
     # Cancel once its first unit is in the store (mid-run), or right away if it is already past that.
-    if grep -Eq "^ +1  RUNNING +[1-9]/2" <<<"$s"; then running_status="$s"; scancel "${array}_1"; cancelled=1; break; fi
+    if grep -Eq "^ +1  RUNNING +[12]/3" <<<"$s"; then running_status="$s"; scancel "${array}_1"; cancelled=1; break; fi
   elif [ -n "$running_status" ] || [ -z "$(squeue -h -j "$array" 2>/dev/null)" ]; then
     break
   fi
   sleep 0.1
 done
 check "status during the run shows the task RUNNING with units done / total and the runs" \
-  '[[ "$running_status" == *"RUNNING"* ]] && [[ "$running_status" == *"units done"* ]] && [[ "$running_status" == *"strength=0.8"* ]]' ||
+  '[[ "$running_status" == *"RUNNING"* ]] && [[ "$running_status" == *"units done"* ]] && [[ "$running_status" == *"strength=0.9"* ]]' ||
   echo "$running_status"
 echo "$running_status" | sed 's/^/   | /'
-check "task 1 was cancelled mid-run (one of its 2 units in its store)" '[ $cancelled -eq 1 ]'
+check "task 1 was cancelled mid-run (1 or 2 of its 3 units in its store)" '[ $cancelled -eq 1 ]'
 for _ in $(seq 600); do [ -z "$(squeue -h -j "$array,$merge" 2>/dev/null)" ] && break; sleep 0.2; done
 out=$("$collage" status b.h5 2>&1)
 echo "$out" | sed 's/^/   | /'
 check "status after the merge names the failed task and the incomplete merge" \
   '[[ "$out" == *"failed tasks: 1 "* ]] && [[ "$out" == *"incomplete"* ]]'
-check "the incomplete merge holds the other tasks' items" '[ "$(/usr/bin/python3 -c "import h5py; print(len(h5py.File(\"b.h5\")[\"items\"]))")" -ge 8 ]'
+check "the incomplete merge holds the other tasks' items" '[ "$(/usr/bin/python3 -c "import h5py; print(len(h5py.File(\"b.h5\")[\"items\"]))")" -ge 12 ]'
 "$collage" --threads 1 sweep sweep.json --out b.h5 --slurm 3 --wait >b2.log 2>&1; rc=$?
 check "rerunning the command resumes and exits 0" '[ $rc -eq 0 ]' || tail -20 b2.log
 check "the rerun submitted only the cancelled task" 'grep -q "runs task(s) 1 of 3" b2.log' || head -3 b2.log
