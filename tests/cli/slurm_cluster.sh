@@ -66,6 +66,7 @@ CONF
     { slurm_cluster_why="slurmd did not start: $(tail -3 "$dir/log/slurmd.log" 2>/dev/null)"; return 1; }
   for _ in $(seq 50); do [ -s "$dir/slurmd.pid" ] && break; sleep 0.1; done
   slurm_cluster_pids+=("$(cat "$dir/slurmd.pid" 2>/dev/null)")
+  slurm_cluster_watchdog $$
   # Ready when the node is idle.
   for _ in $(seq 60); do
     if sinfo -h -N -o "%T" 2>/dev/null | grep -q "^idle"; then return 0; fi
@@ -75,8 +76,22 @@ CONF
   return 1
 }
 
+# When the test process OWNER dies without stopping the cluster (ctest's timeout kills it with SIGKILL), a
+# detached watcher cancels the jobs and stops the daemons by their process ids.
+slurm_cluster_watchdog() {
+  local owner="$1" pids=()
+  for ((i = ${#slurm_cluster_pids[@]} - 1; i >= 0; i--)); do pids+=("${slurm_cluster_pids[$i]}"); done
+  setsid bash -c 'owner=$1; shift; while kill -0 "$owner" 2>/dev/null; do sleep 2; done
+    scancel --user="$(id -un)" 2>/dev/null; sleep 3
+    ours() { case "$(cat /proc/$1/comm 2>/dev/null)" in munged|slurmctld|slurmd) return 0 ;; esac; return 1; }
+    for p in "$@"; do ours "$p" && kill "$p"; done; sleep 3; for p in "$@"; do ours "$p" && kill -9 "$p"; done' \
+    watchdog "$owner" "${pids[@]}" </dev/null >/dev/null 2>&1 &
+  slurm_cluster_watchdog_pid=$!
+}
+
 slurm_cluster_stop() {
   local pid
+  [ -n "${slurm_cluster_watchdog_pid:-}" ] && kill "$slurm_cluster_watchdog_pid" 2>/dev/null
   # Reverse order: slurmd, slurmctld, munged. Each by its own process id.
   for ((i = ${#slurm_cluster_pids[@]} - 1; i >= 0; i--)); do
     pid="${slurm_cluster_pids[$i]}"

@@ -17,6 +17,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 if ! slurm_cluster_start "$work/cluster" 2; then
   echo "SKIP: a one-node SLURM cluster could not start here: $slurm_cluster_why"
   exit 77
@@ -55,6 +56,10 @@ check "the merged store equals the local unsharded run (items, images, scores)" 
 out=$("$collage" status a.h5 2>&1)
 check "status of a finished sweep: every task done, 9/9 units" \
   '[[ "$out" == *"total: 9/9 units done"* ]] && [ "$(grep -c " done " <<<"$out")" -eq 3 ]' || echo "$out"
+
+out=$("$collage" status local.h5 2>&1)
+check "status of a plain store: units done / total per run" \
+  '[[ "$out" == *"total: 9/9 units done"* ]] && [[ "$out" == *"3/3  sdedit strength=0.7"* ]]' || echo "$out"
 
 # 2. Cancel one task mid-run: the merge reports it, status shows it, a rerun completes the store.
 "$collage" --threads 1 sweep sweep.json --out b.h5 --slurm 3 >b.log 2>&1
@@ -98,4 +103,10 @@ err=$("$collage" sweep sweep.json --out local.h5 --slurm 3 2>&1); rc=$?
 check "a store that is not a merge of shards is refused" '[ $rc -eq 1 ] && [[ "$err" == *"not a merge"* ]]'
 err=$("$collage" sweep sweep.json --out x.h5 --partition debug 2>&1); rc=$?
 check "--partition without --slurm is refused, naming --slurm" '[ $rc -ne 0 ] && [ $rc -ne 1 ] && [[ "$err" == *"--slurm"* ]]'
+# 4. GPU options pass through to the task script (this cluster has no GPUs, so sbatch refuses the job and the
+#    error says so).
+err=$("$collage" --device cuda sweep sweep.json --out g.h5 --slurm 2 --gres gpu:1 --time 0:10:00 2>&1); rc=$?
+check "--gres and --device reach the task script; sbatch's refusal is reported" \
+  '[ $rc -eq 1 ] && [[ "$err" == *"sbatch"* ]] && grep -q "^#SBATCH --gres=gpu:1" g.slurm/task.sbatch && grep -q "^#SBATCH --time=0:10:00" g.slurm/merge.sbatch && grep -q -- "--device.*cuda" g.slurm/task.sbatch' ||
+  { echo "$err"; cat g.slurm/task.sbatch; }
 exit $fail
