@@ -10,7 +10,7 @@
 #   variable: collage's own choice), passive (OMP_WAIT_POLICY=passive), spinN (GOMP_SPINCOUNT=N), active.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build="${1:-build}"; repeats="${2:-3}"; policies="${3:-default new}"
+build="${1:-build}"; repeats="${2:-3}"; policies="${3:-default new}"; workloads="${4:-txt2img unet}"
 collage="$(pwd)/$build/collage"
 [ -x "$collage" ] || { echo "no $collage: build first" >&2; exit 2; }
 work=$(mktemp -d); busy=""
@@ -46,7 +46,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[
 declare -A times
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeats repeats, policies: $policies"
 for rep in $(seq "$repeats"); do
-  for workload in txt2img unet; do
+  for workload in $workloads; do
     for policy in $policies; do
       for condition in quiet busy; do
         if [ "$condition" = busy ]; then
@@ -64,7 +64,7 @@ for rep in $(seq "$repeats"); do
 done
 echo
 printf '%-8s %-10s %9s %9s %8s\n' workload policy quiet_s busy_s ratio
-for workload in txt2img unet; do
+for workload in $workloads; do
   for policy in $policies; do
     q=$(tr ' ' '\n' <<<"${times[$workload,$policy,quiet]}" | grep . | median)
     b=$(tr ' ' '\n' <<<"${times[$workload,$policy,busy]}" | grep . | median)
