@@ -81,12 +81,13 @@ CONF
 slurm_cluster_watchdog() {
   local owner="$1" pids=()
   for ((i = ${#slurm_cluster_pids[@]} - 1; i >= 0; i--)); do pids+=("${slurm_cluster_pids[$i]}"); done
-  setsid bash -c 'owner=$1; shift; while kill -0 "$owner" 2>/dev/null; do sleep 2; done
+  # Double fork: the watcher is re-parented away from the test, so killing the test's process tree spares it.
+  (setsid bash -c 'owner=$1; shift; while kill -0 "$owner" 2>/dev/null; do sleep 2; done
     scancel --user="$(id -un)" 2>/dev/null; sleep 3
     ours() { case "$(cat /proc/$1/comm 2>/dev/null)" in munged|slurmctld|slurmd) return 0 ;; esac; return 1; }
     for p in "$@"; do ours "$p" && kill "$p"; done; sleep 3; for p in "$@"; do ours "$p" && kill -9 "$p"; done' \
-    watchdog "$owner" "${pids[@]}" </dev/null >/dev/null 2>&1 &
-  slurm_cluster_watchdog_pid=$!
+    watchdog "$owner" "${pids[@]}" </dev/null >/dev/null 2>&1 & echo $! >"$SLURM_TEST_DIR/watchdog.pid")
+  slurm_cluster_watchdog_pid=$(cat "$SLURM_TEST_DIR/watchdog.pid")
 }
 
 slurm_cluster_stop() {
