@@ -12,6 +12,7 @@ packages=(
   libeigen3-dev libhdf5-dev libfmt-dev libcli11-dev libopencv-dev libgtest-dev
   nlohmann-json3-dev libicu-dev
   python3-h5py python3-numpy python3-matplotlib   # scripts/ (figures, golden export checks)
+  slurm-wlm munge bc      # the SLURM sweep test (a one-node cluster) and scripts/bench_contention.sh
 )
 missing=()
 for p in "${packages[@]}"; do

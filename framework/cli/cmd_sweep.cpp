@@ -11,7 +11,8 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
   struct SweepArgs {
     std::string config, out, shard = "0/1", model, cache_dir;
     int64_t limit = -1;
-    bool dry_run = false;
+    bool dry_run = false, wait = false;
+    runner::SlurmOptions slurm;
   };
   auto a = std::make_shared<SweepArgs>();
   auto* sweep = app.add_subcommand(
@@ -24,6 +25,14 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
   sweep->add_option("--model", a->model, "diffusers pipeline folder overriding the config's model");
   sweep->add_option("--cache-dir", a->cache_dir, "textual-inversion cache (default: OUT without .h5 + .cache)");
   sweep->add_flag("--dry-run", a->dry_run, "validate the config and list the runs, no model work");
+  auto* slurm = sweep->add_option("--slurm", a->slurm.tasks,
+                    "submit to SLURM as a job array of N tasks (task i runs --shard i/N into its own store) plus a "
+                    "merge job; rerun to resume (docs/cluster.md)");
+  sweep->add_option("--partition", a->slurm.partition, "--slurm: the partition")->needs(slurm);
+  sweep->add_option("--time", a->slurm.time, "--slurm: each task's time limit (e.g. 4:00:00)")->needs(slurm);
+  sweep->add_option("--gres", a->slurm.gres, "--slurm: each task's generic resources (e.g. gpu:1)")->needs(slurm);
+  sweep->add_option("--sbatch", a->slurm.sbatch_args, "--slurm: more sbatch arguments, e.g. \"--account=x --mem=8G\"")->needs(slurm);
+  sweep->add_flag("--wait", a->wait, "--slurm: wait for the merge; exit 1 when a task left units unfinished")->needs(slurm);
   sweep->callback([a, &global] {
     const auto config = runner::load_config(a->config);  // every config error before any work
     const auto [index, count] = runner::parse_shard(a->shard);
@@ -39,7 +48,6 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
       for (const auto& r : config.editing.rounds) std::cout << fmt::format("  {}  {}\n", r.id, r.label);
       return;
     }
-    apply_runtime(global);
     runner::SweepOptions o;
     o.out = a->out;
     o.shard_index = index;
@@ -49,6 +57,8 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
     o.cache_dir = a->cache_dir;
     o.device = global.device;
     o.dtype = global.dtype;
+    if (a->slurm.tasks > 0) return run_sweep_on_slurm(config, o, a->slurm, a->wait, global);
+    apply_runtime(global);
     runner::run_sweep(config, o);
   });
 

@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,7 +17,13 @@ namespace collage::cli {
 
 void apply_runtime(const GlobalOptions& options) {
   int threads = options.threads;
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) {
+    // The cores this process may use (a SLURM task or `taskset` gets fewer than the machine has).
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    threads = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 0;
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
   at::set_num_threads(threads);
   at::globalContext().setFlushDenormal(true);
 }

@@ -11,7 +11,12 @@
 
 namespace collage {
 class StableDiffusion;
-}
+namespace runner {
+struct ExperimentConfig;
+struct SweepOptions;
+struct SlurmOptions;
+}  // namespace runner
+}  // namespace collage
 
 namespace collage::cli {
 
@@ -49,6 +54,17 @@ std::string default_model_dir();
 std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model, const std::string& variant,
                                                const std::string& scheduler, const GlobalOptions& global);
 
+// The OpenMP wait policy set when the user set none (docs/threading.md).
+inline constexpr const char* kDefaultOmpWaitPolicy = "passive";
+// Re-executes the binary once with OMP_WAIT_POLICY set (the OpenMP runtime reads it only when it loads),
+// unless the user set OMP_WAIT_POLICY, GOMP_SPINCOUNT or COLLAGE_NO_REEXEC. Returns only when it did not.
+void reexec_with_openmp_policy(char** argv);
+
+// `collage sweep --slurm N`: submits the sweep as a job array + merge job; `wait` blocks until the merge is
+// done and throws when units are unfinished.
+void run_sweep_on_slurm(const runner::ExperimentConfig& config, const runner::SweepOptions& sweep,
+                        runner::SlurmOptions slurm, bool wait, const GlobalOptions& global);
+
 // Subcommand registration (one file each).
 void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
@@ -63,5 +79,6 @@ void add_text_diff_command(CLI::App& app, GlobalOptions& global);
 // ...), hidden from --help and with a note naming the new command; kept for one release.
 void add_old_command_names(CLI::App& app, GlobalOptions& global);
 void add_sweep_commands(CLI::App& app, GlobalOptions& global);
+void add_status_command(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

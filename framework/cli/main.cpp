@@ -18,6 +18,7 @@ void add_commands(CLI::App& app, collage::cli::GlobalOptions& global) {
   add_generate_commands(app, global);
   add_collage_commands(app, global);
   add_sweep_commands(app, global);
+  add_status_command(app, global);
   add_score_commands(app, global);
   add_parity_command(app, global);
   add_text_diff_command(app, global);
@@ -65,12 +66,13 @@ void add_old_command_names(CLI::App& app, GlobalOptions& global) {
 }  // namespace collage::cli
 
 int main(int argc, char** argv) {
+  collage::cli::reexec_with_openmp_policy(argv);  // first: before any thread pool starts (docs/threading.md)
   CLI::App app{"collage: Collage Diffusion research framework (Stable Diffusion in libtorch)"};
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the subcommand too
   app.set_version_flag("--version", collage::framework_version() + " (" + collage::git_revision() + ")");
   collage::cli::GlobalOptions global;
-  app.add_option("--threads", global.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", global.threads, "CPU threads (default: the cores this process may use)")->check(CLI::NonNegativeNumber);
   app.add_option("--device", global.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", global.dtype, "auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16")
       ->capture_default_str();

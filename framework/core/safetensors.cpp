@@ -203,7 +203,8 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
   }
   std::string text = header.dump();
   while (text.size() % 8 != 0) text.push_back(' ');
-  const std::string tmp = path + ".tmp";
+  // Per process: SLURM tasks of one sweep share a TI cache and may write the same entry at once.
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     COLLAGE_CHECK_AT(out.good(), path, "", "cannot open for writing");

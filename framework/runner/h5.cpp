@@ -56,6 +56,15 @@ Handle open_file(const std::string& path, bool write) {
   return Handle(f);
 }
 
+Handle open_file_unlocked(const std::string& path) {
+  quiet_errors();
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+  COLLAGE_CHECK_AT(fapl.valid() && H5Pset_file_locking(fapl, false, true) >= 0, path, "", "HDF5: cannot set up an unlocked read");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
+  COLLAGE_CHECK_AT(f >= 0, path, "", "cannot open the HDF5 file (missing, not HDF5, or damaged)");
+  return Handle(f);
+}
+
 bool is_hdf5(const std::string& path) {
   quiet_errors();
   std::ifstream in(path);

@@ -42,6 +42,9 @@ void quiet_errors();
 
 Handle create_file(const std::string& path);                    // truncates
 Handle open_file(const std::string& path, bool write);
+// Read-only without HDF5's file lock: a reader (`collage status`) never makes a writer's open fail. The caller
+// must tolerate reading a file in the middle of a write (errors, or an item seen as incomplete).
+Handle open_file_unlocked(const std::string& path);
 bool is_hdf5(const std::string& path);
 
 bool exists(hid_t loc, const std::string& path);               // a link at `path` (each level checked)

@@ -121,6 +121,99 @@ std::pair<int, int> parse_shard(const std::string& text);
 
 SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& options);
 
+// A unit of a sweep: (collage, run), or (collage, editing round) when round > 0 (run = round - 1 then indexes
+// config.editing.rounds). Units are numbered collage-major; shard i of N takes those with index % N == i (a
+// collage's editing chain goes with its start-run unit).
+struct SweepUnit {
+  size_t collage = 0, run = 0;
+  int64_t round = 0;
+};
+std::vector<SweepUnit> sweep_units(const ExperimentConfig& config, size_t collages, int shard_index, int shard_count);
+const RunSpec& sweep_unit_run(const ExperimentConfig& config, const SweepUnit& unit);
+std::string sweep_item_name(const std::string& collage, const std::string& run_id, uint64_t seed);  // "c__run__seed7"
+
+// ---- progress of a store and sweeps on SLURM (slurm.cpp)
+
+struct RunProgress {
+  std::string run_id, label;
+  int64_t done = 0, total = 0;  // units
+};
+// How far a store (one shard of a sweep) is: a unit is done when all its seeds' items are complete. Reads the
+// store without locking it, so a sweep writing it is never disturbed (a read that meets a write in progress is
+// retried).
+struct StoreProgress {
+  std::string store;
+  bool exists = false;
+  int64_t done = 0, total = 0;     // units
+  double unit_seconds = 0;         // sum of the done units' wall times (items' timings.unit_wall)
+  std::vector<RunProgress> runs;   // in config order
+};
+StoreProgress store_progress(const ExperimentConfig& config, const std::vector<NamedCollage>& collages,
+                             const std::string& store, int shard_index, int shard_count);
+
+// Where a SLURM sweep into STORE keeps its files: STORE without ".h5" + ".slurm/" holds the sbatch scripts
+// (task.sbatch, merge.sbatch), state.json (the submission), merge.json (the last merge's outcome), logs/ and
+// the shard stores shard-<i>-of-<N>.h5.
+struct SlurmLayout {
+  std::string store, folder, task_script, merge_script, state, merge_result, logs;
+  int tasks = 0;
+  std::string shard_store(int index) const;
+  std::string task_log(int index) const;
+};
+SlurmLayout slurm_layout(const std::string& store, int tasks);
+
+struct SlurmOptions {
+  int tasks = 0;                     // --slurm N: the array's size (= shards)
+  std::string partition, time, gres; // #SBATCH --partition / --time / --gres ("" = cluster default)
+  std::string sbatch_args;           // --sbatch: further sbatch arguments, as typed on a shell
+  std::string binary;                // the collage executable every task runs (absolute; on the shared filesystem)
+  std::vector<std::string> global_args;  // global options every task gets: --threads, --device, --dtype
+};
+
+struct SlurmSubmission {
+  SlurmLayout layout;
+  std::vector<int> tasks;            // array indices submitted (the shards not yet complete)
+  std::string array_job, merge_job;  // job ids ("" when nothing was submitted for the array)
+  std::vector<StoreProgress> shards; // before the submission
+};
+// Writes the sbatch scripts and submits the array (only the shards with unfinished units: a rerun resumes)
+// and a merge job that runs after it (afterany). Refuses while jobs of an earlier submission are still queued,
+// when the layout was set up for another task count, and when STORE exists but is not a merge of the shards.
+SlurmSubmission submit_slurm_sweep(const ExperimentConfig& config, const SweepOptions& sweep,
+                                   const SlurmOptions& slurm);
+
+// The status of a store: a SLURM sweep's shards (with the queue's view of their tasks) or a plain store.
+struct TaskStatus {
+  int index = 0;
+  StoreProgress progress;
+  std::string state;                 // the queue's state (PENDING, RUNNING, ...); "done" when the shard is
+                                     // complete, "failed" when incomplete and no longer queued, "not submitted"
+  std::string log_tail;              // failed: the last line of the task's log
+};
+struct SweepStatus {
+  std::string store, config_path;
+  bool slurm = false;                // a SLURM sweep (STORE.slurm/state.json exists)
+  SlurmLayout layout;
+  std::string array_job, merge_job, merge_state;  // merge_state: the queue's, else "done"/"not run"
+  Json merge_result;                 // merge.json of the last merge (null before one ran)
+  std::vector<TaskStatus> tasks;     // one per shard (a plain store: one)
+  std::vector<RunProgress> runs;     // summed over the shards
+  int64_t done = 0, total = 0;
+  int64_t running = 0;               // tasks running now
+  double eta_s = -1;                 // remaining units x mean unit time / running tasks; -1 = none running
+  std::vector<int> failed;           // tasks that ended with units unfinished
+};
+SweepStatus sweep_status(const std::string& store);
+std::string format_status(const SweepStatus& status);
+
+// The merge job's step: merges the shard stores that exist into STORE, writes merge.json (complete, units,
+// failed tasks) and returns the status after the merge.
+SweepStatus merge_slurm_shards(const std::string& store);
+
+// Waits until `job` has left the queue (polling squeue every `poll_s`); `tick` is called after each poll.
+void wait_for_job(const std::string& job, double poll_s,
+                  const std::function<void()>& tick = {});
+
 // Combines shard stores into `out` (items, runs, collages; root attributes of the first input) and rebuilds
 // the scores table. Inputs must come from the same experiment settings.
 void merge_stores(const std::string& out, const std::vector<std::string>& inputs);

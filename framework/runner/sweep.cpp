@@ -212,6 +212,30 @@ at::Tensor read_item_image(hid_t file, const std::string& item) {
 
 // ------------------------------------------------------------------------------------------------
 
+std::vector<SweepUnit> sweep_units(const ExperimentConfig& config, size_t collages, int shard_index, int shard_count) {
+  // Units are numbered collage-major; a collage's editing chain belongs to the shard of its start-run unit, so
+  // each shard holds whole chains (round r runs after round r - 1 of its collage).
+  std::vector<SweepUnit> units;
+  int64_t index = 0;
+  for (size_t c = 0; c < collages; ++c)
+    for (size_t r = 0; r < config.runs.size(); ++r, ++index)
+      if (index % shard_count == shard_index) units.push_back({c, r, 0});
+  const auto& ed = config.editing;
+  if (ed.enabled)
+    for (size_t c = 0; c < collages; ++c)
+      if (int64_t(c * config.runs.size() + ed.start_run) % shard_count == shard_index)
+        for (int64_t r = 1; r <= int64_t(ed.rounds.size()); ++r) units.push_back({c, size_t(r - 1), r});
+  return units;
+}
+
+const RunSpec& sweep_unit_run(const ExperimentConfig& config, const SweepUnit& unit) {
+  return unit.round > 0 ? config.editing.rounds[static_cast<size_t>(unit.round - 1)] : config.runs[unit.run];
+}
+
+std::string sweep_item_name(const std::string& collage, const std::string& run_id, uint64_t seed) {
+  return item_name(collage, run_id, seed);
+}
+
 SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& options) {
   const double t_start = now();
   SweepSummary summary;
@@ -228,31 +252,16 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
   COLLAGE_CHECK_AT(fs::exists(fs::path(model) / "model_index.json"), config.path, "model",
                    "'{}' is not a diffusers pipeline folder (no model_index.json)", model);
 
-  // A unit is (collage, run), or (collage, editing round) for the editing protocol: round r runs after round
-  // r - 1 of its collage and continues from that round's pick (round 1 from the start run's). A collage's
-  // editing chain belongs to the shard of its start-run unit, so each shard holds whole chains.
-  struct Unit {
-    size_t collage, run;
-    int64_t round = 0;  // > 0: editing round (run = round - 1 indexes config.editing.rounds)
-  };
   const auto& ed = config.editing;
-  auto unit_run = [&](const Unit& u) -> const RunSpec& {
-    return u.round > 0 ? ed.rounds[static_cast<size_t>(u.round - 1)] : config.runs[u.run];
-  };
-  std::vector<Unit> units;
-  int64_t index = 0;
-  for (size_t c = 0; c < collages.size(); ++c)
-    for (size_t r = 0; r < config.runs.size(); ++r, ++index)
-      if (index % options.shard_count == options.shard_index) units.push_back({c, r});
-  if (ed.enabled)
-    for (size_t c = 0; c < collages.size(); ++c) {
-      const int64_t L = static_cast<int64_t>(collages[c].collage.layers.size());
-      for (auto l : ed.layers)
-        COLLAGE_CHECK_AT(l < L, config.path, "editing.layers", "layer {} does not exist in collage {} ({} layers)", l,
-                         collages[c].name, L);
-      if (int64_t(c * config.runs.size() + ed.start_run) % options.shard_count == options.shard_index)
-        for (int64_t r = 1; r <= int64_t(ed.rounds.size()); ++r) units.push_back({c, size_t(r - 1), r});
-    }
+  for (size_t c = 0; c < collages.size(); ++c) {
+    const int64_t L = static_cast<int64_t>(collages[c].collage.layers.size());
+    for (auto l : ed.layers)
+      COLLAGE_CHECK_AT(!ed.enabled || l < L, config.path, "editing.layers",
+                       "layer {} does not exist in collage {} ({} layers)", l, collages[c].name, L);
+  }
+  using Unit = SweepUnit;
+  auto unit_run = [&](const Unit& u) -> const RunSpec& { return sweep_unit_run(config, u); };
+  const std::vector<Unit> units = sweep_units(config, collages.size(), options.shard_index, options.shard_count);
   summary.units_total = static_cast<int64_t>(units.size());
 
   // ---- the store: create or resume
