@@ -50,7 +50,7 @@ check "--slurm 3 --wait exits 0" '[ $rc -eq 0 ]' || tail -20 a.log
 check "the readable sbatch scripts are written next to the store" \
   'grep -q "^#SBATCH --array=0-2" a.slurm/task.sbatch && grep -q -- "--shard \$i/3" a.slurm/task.sbatch && grep -q "status .*--merge" a.slurm/merge.sbatch'
 check "each task wrote its shard store" '[ -s a.slurm/shard-0-of-3.h5 ] && [ -s a.slurm/shard-1-of-3.h5 ] && [ -s a.slurm/shard-2-of-3.h5 ]'
-cmp_a=$(/usr/bin/python3 "$here/compare_stores.py" local.h5 a.h5); rc=$?
+cmp_a=$(/usr/bin/python3 "$here/../../scripts/compare_stores.py" local.h5 a.h5); rc=$?
 echo "   merged vs local: $cmp_a"
 check "the merged store equals the local unsharded run (items, images, scores)" '[ $rc -eq 0 ]'
 out=$("$collage" status a.h5 2>&1)
@@ -92,7 +92,7 @@ check "the incomplete merge holds the other tasks' items" '[ "$(/usr/bin/python3
 "$collage" --threads 1 sweep sweep.json --out b.h5 --slurm 3 --wait >b2.log 2>&1; rc=$?
 check "rerunning the command resumes and exits 0" '[ $rc -eq 0 ]' || tail -20 b2.log
 check "the rerun submitted only the cancelled task" 'grep -q "runs task(s) 1 of 3" b2.log' || head -3 b2.log
-cmp_b=$(/usr/bin/python3 "$here/compare_stores.py" local.h5 b.h5); rc=$?
+cmp_b=$(/usr/bin/python3 "$here/../../scripts/compare_stores.py" local.h5 b.h5); rc=$?
 echo "   resumed merged vs local: $cmp_b"
 check "the resumed merged store equals the local unsharded run" '[ $rc -eq 0 ]'
 
