@@ -12,6 +12,7 @@ packages=(
   libeigen3-dev libhdf5-dev libfmt-dev libcli11-dev libopencv-dev libgtest-dev
   nlohmann-json3-dev libicu-dev
   python3-h5py python3-numpy python3-matplotlib   # scripts/ (figures, golden export checks)
+  chromium                # the results page test loads the page in a headless browser
 )
 missing=()
 for p in "${packages[@]}"; do
