@@ -107,6 +107,8 @@ Collage make_shapesworld_collage(uint64_t index, const ShapesWorldCollageOptions
     for (size_t i = 1; i < c.layers.size(); ++i) c.layers[i].meta["kept"] = i == kept;
     c.layers[kept].noise_strength = o.kept_strength;
   }
+  COLLAGE_CHECK_AT(o.w_pos >= 0 && o.w_pos <= 1, "", "w_pos", "must be in [0, 1], got {}", o.w_pos);
+  for (auto& layer : c.layers) layer.w_pos = o.w_pos;
   c.meta = Json{{"generator", "shapesworld"},
                 {"index", index},
                 {"seed", o.seed},
@@ -130,6 +132,7 @@ std::vector<std::string> make_shapesworld_dataset(int64_t n, const ShapesWorldCo
                {"unnamed_probability", o.unnamed_probability},
                {"unnamed_colour_probability", o.unnamed_colour_probability},
                {"kept_strength", o.kept_strength},
+               {"w_pos", o.w_pos},
                {"seed", o.seed}}},
              {"collages", Json::array()}};
   for (int64_t i = 0; i < n; ++i) {

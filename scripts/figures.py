@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""Figures from a sweep store (framework/runner/README.md): the ablation table, a trade-off curve, a
-qualitative grid (the collage, then each run), per-layer noise demos (when the sweep saved noise maps) and,
-for stores with editing rounds, the editing sequences, as PNGs (Debian python3-h5py +
-python3-matplotlib; no pandas needed).
+"""Figures from a sweep store (framework/runner/README.md): the ablation table (each metric's direction, the
+best mean marked), a trade-off curve, a qualitative grid (the collage, then each run), per-layer noise demos
+(when the sweep saved noise maps), the paired differences against a base run (one interval per run, metric
+and claim of the config) and, for stores with editing rounds, the editing sequences, as PNGs (Debian
+python3-h5py + python3-matplotlib; no pandas needed).
 
     python3 scripts/figures.py results/ablation.h5 --out results/figures/ablation
     python3 scripts/figures.py results/tradeoff.h5 --out results/figures/tradeoff --x-param strength \
@@ -21,6 +22,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+# Each metric's direction, as the metric registry (metrics/) defines it: True = higher is better.
+HIGHER_IS_BETTER = {"mask_iou": True, "ciede2000": False, "ssim": True, "clip_score": True, "lpips": False,
+                    "kid": False, "fid": False, "edit_outside_change": False}
+
+
+def direction_mark(metric):
+    if metric not in HIGHER_IS_BETTER:
+        return ""
+    return " (higher better)" if HIGHER_IS_BETTER[metric] else " (lower better)"
 
 
 def strings(ds):
@@ -60,17 +72,134 @@ def table_figure(f, rows, path):
     summ = summarise(rows)
     metrics = list(OrderedDict.fromkeys(r["metric"] for r in rows))
     ids = sorted({r["run_id"] for r in rows}, key=lambda i: rs[i]["label"] if i in rs else i)
+    best = {}
+    for m in metrics:
+        means = [summ[(i, m)][0] for i in ids if (i, m) in summ]
+        if means and m in HIGHER_IS_BETTER:
+            best[m] = max(means) if HIGHER_IS_BETTER[m] else min(means)
     cells = [[f"{summ[(i, m)][0]:.3f} ± {summ[(i, m)][1]:.3f}" if (i, m) in summ else "-" for m in metrics] for i in ids]
     labels = [rs[i]["label"] if i in rs else i for i in ids]
-    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(metrics), 0.6 + 0.4 * len(ids)))
+    cols = [m + ("\n↑ higher better" if HIGHER_IS_BETTER.get(m) else "\n↓ lower better" if m in HIGHER_IS_BETTER else "")
+            for m in metrics]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(metrics), 0.9 + 0.4 * len(ids)))
     ax.axis("off")
-    tab = ax.table(cellText=cells, rowLabels=labels, colLabels=metrics, loc="center")
+    tab = ax.table(cellText=cells, rowLabels=labels, colLabels=cols, loc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8)
     tab.scale(1, 1.3)
+    for (r, c), cell in tab.get_celld().items():
+        if r == 0:
+            cell.set_height(cell.get_height() * 1.6)
+        elif c >= 0 and metrics[c] in best and (ids[r - 1], metrics[c]) in summ and \
+                summ[(ids[r - 1], metrics[c])][0] == best[metrics[c]]:
+            cell.set_text_props(fontweight="bold")
+            cell.set_facecolor("#e3f4e3")
+    ax.set_title("mean ± 95 % interval over items; best mean in bold", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def layer_rows(f, key):
+    """Per item and metric, the mean of the per-layer values over the layers whose meta has `key` true (as
+    `collage report --layers KEY`)."""
+    selected = {}
+    for c in f["collages"]:
+        layers = json.loads(f["collages"][c].attrs.get("layers", "[]"))
+        selected[c] = [i for i, l in enumerate(layers) if (l.get("meta") or {}).get(key)]
+    out = []
+    for n, g in f["items"].items():
+        if "complete" not in g.attrs or "scores" not in g:
+            continue
+        sel = selected.get(g.attrs["collage"], [])
+        if not sel:
+            continue
+        for d in g["scores"]:
+            if not d.endswith(".per_layer"):
+                continue
+            vals = [v for v in np.asarray(g["scores"][d][:])[sel] if np.isfinite(v)]
+            out.append({"item": n, "collage": g.attrs["collage"], "run_id": g.attrs["run_id"],
+                        "seed": int(g.attrs["seed"]), "metric": d[: -len(".per_layer")],
+                        "value": float(np.mean(vals)) if vals else float("nan")})
+    return out
+
+
+def paired(rows, base_id, run_id, metric):
+    """Differences run - base over items matched on collage and seed: (mean, half-width of the 95 % interval, n)."""
+    base = {(r["collage"], int(r["seed"])): r["value"] for r in rows if r["run_id"] == base_id and r["metric"] == metric}
+    d = [r["value"] - base[(r["collage"], int(r["seed"]))] for r in rows
+         if r["run_id"] == run_id and r["metric"] == metric and (r["collage"], int(r["seed"])) in base
+         and np.isfinite(r["value"]) and np.isfinite(base[(r["collage"], int(r["seed"]))])]
+    if len(d) < 2:
+        return None
+    d = np.asarray(d)
+    return d.mean(), 1.96 * d.std(ddof=1) / math.sqrt(len(d)), len(d)
+
+
+def resolve(rs, name):
+    for rid, r in rs.items():
+        if name in (rid, r["label"]):
+            return rid
+    return None
+
+
+def paired_figure(f, rows, path, base):
+    """One panel per metric: every run's paired difference against `base` (whole images), and the config's claims
+    (with the layers they score), each with its 95 % interval; green when the interval lies on the better side
+    of zero, red on the worse side."""
+    rs = runs(f)
+    config = json.loads(f.attrs.get("config", "{}"))
+    claims = config.get("claims", [])
+    base = base or (claims[0]["base"] if claims else None)
+    base_id = resolve(rs, base) if base else None
+    if base_id is None:
+        return False
+    metrics = list(OrderedDict.fromkeys(r["metric"] for r in rows))
+    others = sorted((i for i in rs if i != base_id and not rs[i]["editing_round"]), key=lambda i: rs[i]["label"])
+    entries = defaultdict(list)  # metric -> [(label, (mean, half, n))]
+    for m in metrics:
+        for rid in others:
+            p = paired(rows, base_id, rid, m)
+            if p:
+                entries[m].append((rs[rid]["label"], p))
+    layer_cache = {}
+    for c in claims:
+        if not c.get("layers"):
+            continue
+        key = c["layers"]
+        if key not in layer_cache:
+            layer_cache[key] = layer_rows(f, key)
+        p = paired(layer_cache[key], resolve(rs, c["base"]), resolve(rs, c["run"]), c["metric"])
+        if p:
+            entries[c["metric"]].append((f"{c['run']} ('{key}' layers)", p))
+    metrics = [m for m in metrics if entries[m]]
+    if not metrics:
+        return False
+    height = max(len(entries[m]) for m in metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 1.2 + 0.45 * height), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        higher = HIGHER_IS_BETTER.get(m, True)
+        for y, (label, (mean, half, n)) in enumerate(entries[m]):
+            lo, hi = mean - half, mean + half
+            good = lo > 0 if higher else hi < 0
+            bad = hi < 0 if higher else lo > 0
+            colour = "#2e7d32" if good else "#c62828" if bad else "#777777"
+            ax.errorbar([mean], [y], xerr=[[half], [half]], fmt="o", color=colour, capsize=3)
+            ax.annotate(f"{mean:+.3f} (n={n})", (mean, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=6, color=colour)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(entries[m])))
+        ax.set_yticklabels(["\n".join(textwrap.wrap(e[0], 28)) for e in entries[m]], fontsize=6)
+        ax.set_ylim(-0.7, len(entries[m]) - 0.3)
+        ax.invert_yaxis()
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(f"{m}: run − base\n({'higher' if higher else 'lower'} is better)", fontsize=7)
+    fig.suptitle(f"paired differences against {rs[base_id]['label']} (same collage and seed), 95 % intervals",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return True
 
 
 def tradeoff_figure(f, rows, path, x_param, fidelity, alignment):
@@ -220,6 +349,8 @@ def main():
     p.add_argument("--alignment", default="clip_score")
     p.add_argument("--max-collages", type=int, default=6)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--paired", default=None,
+                   help="base run (label or id) of the paired-difference plot (default: the base of the config's first claim)")
     a = p.parse_args()
     prefix = a.out or os.path.splitext(a.store)[0]
     if os.path.dirname(prefix):
@@ -236,6 +367,8 @@ def main():
         if any(len(v) > 1 for v in xs.values()):
             tradeoff_figure(f, rows, prefix + "_tradeoff.png", a.x_param, a.fidelity, a.alignment)
             written.append(prefix + "_tradeoff.png")
+        if paired_figure(f, rows, prefix + "_paired.png", a.paired):
+            written.append(prefix + "_paired.png")
         grid_figure(f, prefix + "_grid.png", a.max_collages, a.seed)
         written.append(prefix + "_grid.png")
         if noise_figure(f, prefix + "_noise.png", a.max_collages, a.seed):

@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev libicu-dev
   python3-h5py python3-numpy python3-matplotlib   # scripts/ (figures, golden export checks)
   slurm-wlm munge bc      # the SLURM sweep test (a one-node cluster) and scripts/bench_contention.sh
+  chromium                # the results page test loads the page in a headless browser
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -101,6 +101,8 @@ void add_shapesworld_commands(CLI::App& app, GlobalOptions& global) {
   d->add_option("--kept-strength", ds->kept_strength,
                 "one object layer per collage gets this noise strength and meta kept=true (-1: none)")
       ->capture_default_str();
+  d->add_option("--w-pos", ds->w_pos, "CA strength inside every layer (w_pos, 0..1; 0 = suppression only)")
+      ->capture_default_str();
   d->add_option("--out", ds_args->second, "output dataset folder")->required();
   d->callback([ds, ds_args, ds_world] {
     COLLAGE_CHECK_AT(*ds_world == "shapesworld", "", "world", "unknown world '{}' (available: shapesworld)", *ds_world);

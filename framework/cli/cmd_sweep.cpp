@@ -73,7 +73,7 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
   });
 
   struct ReportArgs {
-    std::string store, csv;
+    std::string store, csv, html;
     runner::ReportOptions options;
   };
   auto r = std::make_shared<ReportArgs>();
@@ -86,12 +86,16 @@ void add_sweep_commands(CLI::App& app, GlobalOptions& global) {
   report->add_option("--paired", r->options.paired,
                      "a run id or label: pair every other run with it (same collage and seed) and report the "
                      "differences, their 95 % interval and how many pairs got better / worse");
+  report->add_option("--html", r->html,
+                     "also write a static results page: DIR/index.html + DIR/img/ (tables, claims, every image with its "
+                     "scores, noise maps, editing chains; DIR/figures/*.png when present)");
   report->callback([r] {
     std::cout << runner::report_markdown(r->store, r->options);
     if (!r->csv.empty()) {
       runner::write_report_csv(r->store, r->csv, r->options);
       std::cout << "wrote " << r->csv << "\n";
     }
+    if (!r->html.empty()) std::cout << "results page: " << runner::write_report_html(r->store, r->html, r->options) << "\n";
   });
 }
 

@@ -137,6 +137,33 @@ void parse_editing(const Json& e, const std::string& path, ExperimentConfig& c) 
 
 }  // namespace
 
+std::vector<ClaimSpec> parse_claims(const Json& claims, const std::string& path,
+                                    const std::vector<std::string>& run_labels) {
+  COLLAGE_CHECK_AT(claims.is_array(), path, "claims", "must be a list of {{text, run, base, metric, layers}}");
+  std::vector<ClaimSpec> out;
+  for (size_t i = 0; i < claims.size(); ++i) {
+    const std::string where = fmt::format("claims[{}]", i);
+    COLLAGE_CHECK_AT(claims[i].is_object(), path, where, "a claim is an object {{text, run, base, metric, layers}}");
+    JsonReader r(claims[i], path, where + ".");
+    ClaimSpec c;
+    c.text = r.get<std::string>("text", "");
+    c.run = r.get<std::string>("run", "");
+    c.base = r.get<std::string>("base", "");
+    c.metric = r.get<std::string>("metric", "");
+    c.layers = r.get<std::string>("layers", "");
+    for (const auto& k : r.unused_keys()) throw Error("unknown key (valid: text, run, base, metric, layers)", path, where + "." + k);
+    for (const auto& [key, value] : {std::pair<const char*, std::string>{"text", c.text}, {"run", c.run},
+                                     {"base", c.base}, {"metric", c.metric}})
+      COLLAGE_CHECK_AT(!value.empty(), path, where + "." + key, "required");
+    for (const auto& [key, value] : {std::pair<const char*, std::string>{"run", c.run}, {"base", c.base}})
+      COLLAGE_CHECK_AT(run_labels.empty() || std::find(run_labels.begin(), run_labels.end(), value) != run_labels.end(),
+                       path, where + "." + key, "'{}' is not the label of a run (labels: {})", value,
+                       fmt::join(run_labels, "; "));
+    out.push_back(c);
+  }
+  return out;
+}
+
 std::string run_id(const MethodSpec& spec) {
   Json params = spec.params;
   for (const auto& c : method_components())
@@ -155,12 +182,15 @@ Json ExperimentConfig::settings() const {
   s["scheduler"] = scheduler;
   s["negative_prompt"] = negative_prompt;
   // A generated dataset's collages are named by seed and index only: options that change them must match.
+  // Options at the values collages had before the option existed are left out, so older stores still resume
+  // (w_pos: 0, what every generated collage carried before the generator's default became 1).
   if (dataset.generate && (dataset.kept_strength >= 0 || dataset.unnamed_probability != 0.5 ||
-                           dataset.unnamed_colour_probability != 0)) {
+                           dataset.unnamed_colour_probability != 0 || dataset.w_pos != 0)) {
     s["dataset_generate"] = {{"kept_strength", dataset.kept_strength},
                              {"unnamed_probability", dataset.unnamed_probability}};
     if (dataset.unnamed_colour_probability != 0)
       s["dataset_generate"]["unnamed_colour_probability"] = dataset.unnamed_colour_probability;
+    if (dataset.w_pos != 0) s["dataset_generate"]["w_pos"] = dataset.w_pos;
   }
   return s;
 }
@@ -190,7 +220,8 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
   c.json = j;
   static const std::set<std::string> known = {"dataset", "model",   "seeds",     "steps",   "guidance",
                                               "scheduler", "negative_prompt", "metrics", "segmenter", "clip", "clip_tokenizer",
-                                              "lpips",   "save",    "runs",      "max_collages", "description", "editing"};
+                                              "lpips",   "save",    "runs",      "max_collages", "description", "editing",
+                                              "claims"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!known.count(it.key()) && it.key().rfind("_", 0) != 0)
       throw Error(fmt::format("unknown key (valid keys: {})", fmt::join(known, ", ")), path, it.key());
@@ -219,9 +250,10 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     c.dataset.kept_strength = gr.get<double>("kept_strength", -1.0);
     c.dataset.unnamed_probability = gr.get<double>("unnamed_probability", 0.5);
     c.dataset.unnamed_colour_probability = gr.get<double>("unnamed_colour_probability", 0.0);
+    c.dataset.w_pos = gr.get<double>("w_pos", 1.0);
     for (const auto& k : gr.unused_keys())
       throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability, "
-                  "unnamed_colour_probability)",
+                  "unnamed_colour_probability, w_pos)",
                   path, "dataset.generate." + k);
     COLLAGE_CHECK_AT(c.dataset.kept_strength < 0 || c.dataset.kept_strength <= 1, path, "dataset.generate.kept_strength",
                      "must be in [0, 1] (or negative: no kept layer), got {}", c.dataset.kept_strength);
@@ -231,6 +263,8 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     COLLAGE_CHECK_AT(c.dataset.unnamed_colour_probability >= 0 && c.dataset.unnamed_colour_probability <= 1, path,
                      "dataset.generate.unnamed_colour_probability", "must be in [0, 1], got {}",
                      c.dataset.unnamed_colour_probability);
+    COLLAGE_CHECK_AT(c.dataset.w_pos >= 0 && c.dataset.w_pos <= 1, path, "dataset.generate.w_pos",
+                     "must be in [0, 1], got {}", c.dataset.w_pos);
     COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
                      "unknown world '{}' (valid: shapesworld)", c.dataset.world);
     COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
@@ -366,6 +400,15 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     }
   }
   if (j.contains("editing")) parse_editing(j["editing"], path, c);
+  if (j.contains("claims")) {
+    std::vector<std::string> labels;
+    for (const auto& r : c.runs) labels.push_back(r.label);
+    c.claims = parse_claims(j["claims"], path, labels);
+    for (size_t i = 0; i < c.claims.size(); ++i)
+      COLLAGE_CHECK_AT(std::find(c.metrics.begin(), c.metrics.end(), c.claims[i].metric) != c.metrics.end(), path,
+                       fmt::format("claims[{}].metric", i), "'{}' is not one of the config's metrics ({})",
+                       c.claims[i].metric, fmt::join(c.metrics, ", "));
+  }
   return c;
 }
 
@@ -378,6 +421,7 @@ std::vector<NamedCollage> load_dataset(const ExperimentConfig& config) {
     o.kept_strength = config.dataset.kept_strength;
     o.unnamed_probability = config.dataset.unnamed_probability;
     o.unnamed_colour_probability = config.dataset.unnamed_colour_probability;
+    o.w_pos = config.dataset.w_pos;
     for (int64_t i = 0; i < config.dataset.n; ++i) {
       NamedCollage nc;
       nc.name = fmt::format("sw{}_{:05d}", config.dataset.seed, i);

@@ -260,4 +260,18 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name) {
   return out;
 }
 
+std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name) {
+  Handle d(checked(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), "open dataset " + name));
+  Handle s(H5Dget_space(d));
+  const int rank = H5Sget_simple_extent_ndims(s);
+  std::vector<hsize_t> dims(rank > 0 ? rank : 0);
+  if (rank > 0) H5Sget_simple_extent_dims(s, dims.data(), nullptr);
+  return dims;
+}
+
+void read_array(hid_t loc, const std::string& name, hid_t mem_type, void* data) {
+  Handle d(checked(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), "open dataset " + name));
+  check(H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "read " + name);
+}
+
 }  // namespace collage::runner::h5

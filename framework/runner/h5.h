@@ -72,5 +72,8 @@ double read_double(hid_t loc, const std::string& name);
 std::vector<double> read_doubles(hid_t loc, const std::string& name);
 std::vector<int64_t> read_int64s(hid_t loc, const std::string& name);
 std::vector<std::string> read_strings(hid_t loc, const std::string& name);
+std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name);  // its shape
+// Reads the whole dataset converted to `mem_type` into `data` (sized by the caller from dataset_dims).
+void read_array(hid_t loc, const std::string& name, hid_t mem_type, void* data);
 
 }  // namespace collage::runner::h5

@@ -151,7 +151,61 @@ std::vector<ScoreRow> store_rows(const std::string& store, const ReportOptions& 
   if (rows.empty()) rows = read_scores(store);
   return rows;
 }
+// The store's config as written by the sweep (root attribute "config"); null when absent or unreadable.
+Json store_config(const std::string& store) {
+  h5::Handle file = h5::open_file(store, false);
+  if (!h5::has_attr(file, "config")) return Json();
+  try {
+    return Json::parse(h5::attr_string(file, "config"), nullptr, true, /*ignore_comments=*/true);
+  } catch (const std::exception&) {
+    return Json();
+  }
+}
+
 }  // namespace
+
+std::vector<ClaimResult> evaluate_claims(const std::string& store) {
+  const Json config = store_config(store);
+  std::vector<ClaimResult> out;
+  if (!config.is_object() || !config.contains("claims")) return out;
+  const auto claims = parse_claims(config["claims"], store + " (config attribute)", {});
+  std::map<std::string, std::vector<ScoreRow>> rows_by_layers;  // "" = whole images
+  for (const auto& claim : claims) {
+    if (!rows_by_layers.count(claim.layers)) {
+      ReportOptions o;
+      o.layers = claim.layers;
+      rows_by_layers[claim.layers] = store_rows(store, o);
+    }
+    const auto& rows = rows_by_layers[claim.layers];
+    ClaimResult result;
+    result.claim = claim;
+    result.paired.metric = claim.metric;
+    const std::string run_id = resolve_run(rows, claim.run);
+    for (const auto& p : paired_differences(rows, claim.base))
+      if (p.run_id == run_id && p.metric == claim.metric) result.paired = p;
+    // Holds when the whole 95 % interval is on the better side of zero.
+    result.holds = result.paired.n > 1 && (improves(claim.metric, 1.0) ? result.paired.lo > 0 : result.paired.hi < 0);
+    result.verdict = result.holds ? "holds" : "not shown";
+    out.push_back(result);
+  }
+  return out;
+}
+
+std::string claim_line(const ClaimResult& r) {
+  const auto& c = r.claim;
+  const std::string scored = c.layers.empty() ? c.metric : fmt::format("{} on the '{}' layers", c.metric, c.layers);
+  if (r.paired.n == 0) return fmt::format("{}: {} ({} vs {}, {}: no pairs)", r.verdict, c.text, c.run, c.base, scored);
+  return fmt::format("{}: {} ({} vs {}, {} {:+.3f}, 95 % {:+.3f}..{:+.3f}, {} pairs, better in {}, worse in {})",
+                     r.verdict, c.text, c.run, c.base, scored, r.paired.mean, r.paired.lo, r.paired.hi, r.paired.n,
+                     r.paired.better, r.paired.worse);
+}
+
+std::string default_paired_base(const std::string& store) {
+  const Json config = store_config(store);
+  if (!config.is_object() || !config.contains("claims")) return "";
+  const auto claims = parse_claims(config["claims"], store + " (config attribute)", {});
+  return claims.empty() ? "" : claims.front().base;
+}
 
 std::string report_markdown(const std::string& store, const ReportOptions& options) {
   const auto rows = store_rows(store, options);
@@ -200,9 +254,10 @@ std::string report_markdown(const std::string& store, const ReportOptions& optio
     }
     os << "\n";
   }
-  if (!options.paired.empty()) {
-    const auto paired = paired_differences(rows, options.paired);
-    const std::string base_id = resolve_run(rows, options.paired);
+  const std::string paired_base = options.paired.empty() ? default_paired_base(store) : options.paired;
+  if (!paired_base.empty()) {
+    const auto paired = paired_differences(rows, paired_base);
+    const std::string base_id = resolve_run(rows, paired_base);
     std::string base_label;
     for (const auto& r : rows)
       if (r.run_id == base_id) base_label = r.label;
@@ -213,6 +268,12 @@ std::string report_markdown(const std::string& store, const ReportOptions& optio
     for (const auto& p : paired)
       os << fmt::format("| {} | {} | {} | {:+.4f} | {:+.4f} .. {:+.4f} | {} | {} |\n", p.label, p.metric, p.n, p.mean,
                         p.lo, p.hi, p.better, p.worse);
+  }
+  const auto claims = evaluate_claims(store);
+  if (!claims.empty()) {
+    os << "\nclaims of the experiment (paired with their base run, same collage and seed; holds = the 95 % interval "
+          "of the difference lies on the better side of zero):\n";
+    for (const auto& c : claims) os << "- " << claim_line(c) << "\n";
   }
   // Why a column shows '-': the skip reasons the store recorded (first reason per metric, item count).
   std::map<std::string, std::pair<std::string, int64_t>> skipped;

@@ -43,6 +43,7 @@ struct DatasetSpec {
   double kept_strength = -1;         // see datasets::ShapesWorldCollageOptions
   double unnamed_probability = 0.5;
   double unnamed_colour_probability = 0;
+  double w_pos = 1;                  // every layer's w_pos ("w_pos"; configs written before it existed say 0)
 };
 
 // The iterative editing protocol (config key "editing"): per collage, start from the outputs of one run (all
@@ -57,6 +58,19 @@ struct EditingSpec {
   std::vector<RunSpec> rounds;     // rounds[r - 1]: the run of round r (params: edit_from/edit_regenerate are
                                    // placeholders, set per collage when it runs)
 };
+
+// A claim the experiment tests (config key "claims"): `run` beats `base` on `metric` (by its direction), paired
+// item by item; `layers` = "" scores whole images, else the layers whose meta has that key (ReportOptions::layers).
+struct ClaimSpec {
+  std::string text;    // "CA raises mask IoU"
+  std::string run, base;  // run labels or ids
+  std::string metric;
+  std::string layers;
+};
+// Parses a config's "claims" list (errors name `path` and "claims[i].key"); `run_labels` non-empty: every run and
+// base must be one of them.
+std::vector<ClaimSpec> parse_claims(const Json& claims, const std::string& path,
+                                    const std::vector<std::string>& run_labels);
 
 struct ExperimentConfig {
   std::string path;               // the config file ("" when parsed from text)
@@ -75,6 +89,7 @@ struct ExperimentConfig {
   int64_t limit_collages = -1;    // "max_collages": use only the first K collages of the dataset
   std::vector<RunSpec> runs;
   EditingSpec editing;
+  std::vector<ClaimSpec> claims;
 
   // Settings that must match when a sweep resumes into an existing store.
   Json settings() const;
@@ -267,7 +282,28 @@ struct PairedRow {
 // `base`: a run id or label present in `rows` (else collage::Error listing the runs).
 std::vector<PairedRow> paired_differences(const std::vector<ScoreRow>& rows, const std::string& base);
 
+// A claim checked on a store: the paired difference (run - base) and the verdict by its 95 % interval.
+struct ClaimResult {
+  ClaimSpec claim;
+  PairedRow paired;     // n = 0 when no pair was found
+  bool holds = false;   // the whole interval lies on the better side of zero (metric direction)
+  std::string verdict;  // "holds" / "not shown"
+};
+// The claims of the store's config (its "claims" key), each evaluated; empty when it has none.
+std::vector<ClaimResult> evaluate_claims(const std::string& store);
+// One line per claim: "holds: CA raises mask IoU (sdedit+ca vs sdedit, mask_iou +0.12, 95 % 0.06..0.18, 24 pairs)".
+std::string claim_line(const ClaimResult& result);
+
+// The base run of the paired tables when none is given: the base of the config's first claim, else "".
+std::string default_paired_base(const std::string& store);
+
 std::string report_markdown(const std::string& store, const ReportOptions& options = {});
 void write_report_csv(const std::string& store, const std::string& csv_path, const ReportOptions& options = {});
+
+// A self-contained static results page (framework/runner/report_html.cpp): DIR/index.html and DIR/img/*.png, no
+// server or network needed: settings, per-run and paired tables, claims, per-collage rows with every run's
+// image per seed (scores on hover), noise maps, editing chains, and the PNGs of DIR/figures/ when present.
+// `options.paired` "" = default_paired_base. Returns the path of index.html.
+std::string write_report_html(const std::string& store, const std::string& dir, const ReportOptions& options = {});
 
 }  // namespace collage::runner

@@ -196,15 +196,11 @@ std::string pick_item(hid_t file, const std::string& collage, const std::string&
 }
 
 at::Tensor read_item_image(hid_t file, const std::string& item) {
-  h5::Handle d(H5Dopen2(file, ("items/" + item + "/image").c_str(), H5P_DEFAULT));
-  if (!d.valid()) throw Error("cannot open items/" + item + "/image");
-  h5::Handle space(H5Dget_space(d));
-  hsize_t dims[3] = {0, 0, 0};
-  if (H5Sget_simple_extent_ndims(space) != 3) throw Error("items/" + item + "/image is not (H, W, 3)");
-  H5Sget_simple_extent_dims(space, dims, nullptr);
+  const std::string name = "items/" + item + "/image";
+  const auto dims = h5::dataset_dims(file, name);
+  if (dims.size() != 3) throw Error(name + " is not (H, W, 3)");
   auto img = at::empty({int64_t(dims[0]), int64_t(dims[1]), int64_t(dims[2])}, at::kByte);
-  if (H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, img.data_ptr<uint8_t>()) < 0)
-    throw Error("cannot read items/" + item + "/image");
+  h5::read_array(file, name, H5T_NATIVE_UINT8, img.data_ptr<uint8_t>());
   return img.permute({2, 0, 1}).to(at::kFloat) / 255.0;
 }
 

@@ -98,6 +98,25 @@ TEST(ShapesWorldCollages, KeptLayerChangesOnlyOneLayersStrength) {
   EXPECT_NE(msg.find("kept_strength"), std::string::npos) << msg;
 }
 
+// w_pos: 1 in every layer by default (what the measurements support), the given value otherwise; nothing else
+// about the collage changes, and a value outside [0, 1] is refused naming w_pos.
+TEST(ShapesWorldCollages, WPosIsWrittenIntoEveryLayer) {
+  datasets::ShapesWorldCollageOptions ones, zeros;
+  zeros.w_pos = 0;
+  for (uint64_t i = 0; i < 5; ++i) {
+    auto a = datasets::make_shapesworld_collage(i, ones), b = datasets::make_shapesworld_collage(i, zeros);
+    ASSERT_EQ(a.prompt, b.prompt);
+    ASSERT_TRUE(torch::equal(flatten(a), flatten(b)));
+    for (size_t k = 0; k < a.layers.size(); ++k) {
+      EXPECT_DOUBLE_EQ(a.layers[k].w_pos, 1.0) << i << " " << k;
+      EXPECT_DOUBLE_EQ(b.layers[k].w_pos, 0.0) << i << " " << k;
+    }
+  }
+  zeros.w_pos = -0.5;
+  auto msg = test::expect_error([&] { datasets::make_shapesworld_collage(0, zeros); });
+  EXPECT_NE(msg.find("w_pos"), std::string::npos) << msg;
+}
+
 // --unnamed-colour: the same collages (pixels, layout) whose texts drop the colour of some objects, flagged
 // unnamed_colour (and so unnamed_appearance) exactly where the text lacks it.
 TEST(ShapesWorldCollages, UnnamedColourDropsTheColourFromTextsOnly) {

@@ -128,6 +128,48 @@ TEST(RunnerConfig, GridExpansionAndStableIds) {
   fs::remove_all(dir);
 }
 
+// Generated datasets: w_pos defaults to 1; a config that says w_pos 0 (what collages carried before that default)
+// records the same settings as before the option existed, so stores written then still resume.
+TEST(RunnerConfig, GeneratedWPosAndStoreSettings) {
+  auto parse = [](const std::string& generate) {
+    return parse_config_text(R"({"dataset": {"generate": )" + generate + R"(}, "runs": [{"method": "sdedit"}]})", "g.json");
+  };
+  const auto fresh = parse(R"({"n": 2, "seed": 1, "size": 32})");
+  EXPECT_DOUBLE_EQ(fresh.dataset.w_pos, 1.0);
+  EXPECT_EQ(fresh.settings()["dataset_generate"]["w_pos"], 1.0);
+  for (const auto& c : load_dataset(fresh))
+    for (const auto& l : c.collage.layers) EXPECT_DOUBLE_EQ(l.w_pos, 1.0);
+  const auto old = parse(R"({"n": 2, "seed": 1, "size": 32, "w_pos": 0})");
+  EXPECT_FALSE(old.settings().contains("dataset_generate")) << old.settings().dump();
+  for (const auto& c : load_dataset(old))
+    for (const auto& l : c.collage.layers) EXPECT_DOUBLE_EQ(l.w_pos, 0.0);
+  const auto old_kept = parse(R"({"n": 2, "seed": 1, "size": 32, "w_pos": 0, "kept_strength": 0.3})");
+  EXPECT_EQ(old_kept.settings()["dataset_generate"].dump(), R"({"kept_strength":0.3,"unnamed_probability":0.5})");
+  auto e = test::expect_error([&] { parse(R"({"n": 2, "w_pos": 2})"); });
+  EXPECT_NE(e.find("dataset.generate.w_pos"), std::string::npos) << e;
+}
+
+// Claims name runs by label and a metric of the config; mistakes are refused naming claims[i].key.
+TEST(RunnerConfig, ClaimsAreValidatedAgainstRunsAndMetrics) {
+  auto parse = [](const std::string& claims) {
+    return parse_config_text(R"({"dataset": {"generate": {"n": 1}}, "metrics": ["mask_iou"],
+      "runs": [{"method": "sdedit"}, {"method": "sdedit+ca"}], "claims": )" + claims + "}", "c.json");
+  };
+  const auto ok = parse(R"([{"text": "CA helps", "run": "sdedit+ca", "base": "sdedit", "metric": "mask_iou"}])");
+  ASSERT_EQ(ok.claims.size(), 1u);
+  EXPECT_EQ(ok.claims[0].run, "sdedit+ca");
+  EXPECT_EQ(ok.claims[0].layers, "");
+  auto e = test::expect_error([&] { parse(R"([{"text": "x", "run": "sdedit+ln", "base": "sdedit", "metric": "mask_iou"}])"); });
+  EXPECT_NE(e.find("claims[0].run"), std::string::npos) << e;
+  EXPECT_NE(e.find("sdedit+ca"), std::string::npos) << e;  // lists the labels
+  e = test::expect_error([&] { parse(R"([{"text": "x", "run": "sdedit+ca", "base": "sdedit", "metric": "ssim"}])"); });
+  EXPECT_NE(e.find("claims[0].metric"), std::string::npos) << e;
+  e = test::expect_error([&] { parse(R"([{"text": "x", "run": "sdedit+ca", "base": "sdedit"}])"); });
+  EXPECT_NE(e.find("claims[0].metric"), std::string::npos) << e;
+  e = test::expect_error([&] { parse(R"([{"text": "x", "run": "sdedit+ca", "base": "sdedit", "metric": "mask_iou", "layer": "kept"}])"); });
+  EXPECT_NE(e.find("claims[0].layer"), std::string::npos) << e;
+}
+
 TEST(RunnerConfig, MalformedConfigsFailBeforeWorkNamingPathAndKey) {
   const auto dir = make_temp("bad");
   const auto data = tiny_dataset(dir);
@@ -440,7 +482,9 @@ TEST(RunnerReport, LayersSelectedByTheirMetaOnAGeneratedDataset) {
   "steps": 3,
   "metrics": ["ciede2000", "ssim", "mask_iou"],
   "segmenter": "appearance",
-  "runs": [{"method": "sdedit", "params": {"strength": 0.8}}, {"method": "sdedit+ln", "params": {"strength": 0.8}}]
+  "runs": [{"method": "sdedit", "params": {"strength": 0.8}}, {"method": "sdedit+ln", "params": {"strength": 0.8}}],
+  "claims": [{"text": "LN keeps the kept layer", "run": "sdedit+ln strength=0.8", "base": "sdedit strength=0.8",
+              "metric": "ciede2000", "layers": "kept"}]
 })", "layers.json");
   const std::string store = dir + "/s.h5";
   run_sweep(config, quiet(store));
@@ -477,6 +521,29 @@ TEST(RunnerReport, LayersSelectedByTheirMetaOnAGeneratedDataset) {
   EXPECT_NE(md.find("meta has 'kept'"), std::string::npos) << md;
   EXPECT_NE(md.find("paired with 'sdedit strength=0.8'"), std::string::npos) << md;
   EXPECT_NE(md.find("| sdedit+ln strength=0.8 | ciede2000 | 4 |"), std::string::npos) << md;
+
+  // The config's claim: the same paired difference as the kept-layer table, its verdict by the interval, and the
+  // claim's base is the default base of a plain report.
+  const auto claims = evaluate_claims(store);
+  ASSERT_EQ(claims.size(), 1u);
+  const auto& claim = claims[0];
+  bool found = false;
+  for (const auto& p : paired_differences(rows, "sdedit strength=0.8"))
+    if (p.label == "sdedit+ln strength=0.8" && p.metric == "ciede2000") {
+      found = true;
+      EXPECT_EQ(claim.paired.n, p.n);
+      EXPECT_DOUBLE_EQ(claim.paired.mean, p.mean);
+      EXPECT_DOUBLE_EQ(claim.paired.hi, p.hi);
+    }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(claim.holds, claim.paired.hi < 0);  // CIEDE2000: lower is better
+  EXPECT_EQ(claim.verdict, claim.holds ? "holds" : "not shown");
+  EXPECT_EQ(claim_line(claim).rfind(claim.verdict + ": LN keeps the kept layer (sdedit+ln strength=0.8 vs", 0), 0u)
+      << claim_line(claim);
+  EXPECT_EQ(default_paired_base(store), "sdedit strength=0.8");
+  const auto plain_md = report_markdown(store);
+  EXPECT_NE(plain_md.find("paired with 'sdedit strength=0.8'"), std::string::npos) << plain_md;
+  EXPECT_NE(plain_md.find("- " + claim_line(claim)), std::string::npos) << plain_md;
 
   auto e = test::expect_error([&] { read_layer_scores(store, "no_such_key"); });
   EXPECT_NE(e.find("--layers"), std::string::npos) << e;
