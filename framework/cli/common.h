@@ -58,5 +58,6 @@ void add_score_commands(CLI::App& app, GlobalOptions& global);
 void add_train_commands(CLI::App& app, GlobalOptions& global);
 void add_shapesworld_commands(CLI::App& app, GlobalOptions& global);
 void add_sweep_commands(CLI::App& app, GlobalOptions& global);
+void add_import_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   collage::cli::add_train_commands(app, global);
   collage::cli::add_shapesworld_commands(app, global);
   collage::cli::add_sweep_commands(app, global);
+  collage::cli::add_import_commands(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
