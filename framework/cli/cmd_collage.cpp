@@ -27,6 +27,8 @@ struct CollageArgs {
   double keep_strength = 0.05, edit_strength = 1.0;
   // train-ti
   std::string layer;
+  // Whether the command line set these (else a collage's own settings apply, see with_collage_defaults).
+  CLI::Option *seeds_option = nullptr, *steps_option = nullptr, *guidance_option = nullptr;
 };
 
 // "--param name=value": the value is JSON when it parses (numbers, true/false), else a string.
@@ -56,10 +58,15 @@ void add_model_options(CLI::App* cmd, CollageArgs& a) {
 
 void add_run_options(CLI::App* cmd, CollageArgs& a) {
   add_model_options(cmd, a);
-  cmd->add_option("--seeds,--seed", a.seeds, "seeds: 7, 1-10, 1,4,9 (one image each, run as one batch)")
-      ->capture_default_str();
-  cmd->add_option("--steps", a.steps, "sampling steps")->capture_default_str();
-  cmd->add_option("--guidance", a.guidance, "classifier-free guidance scale")->capture_default_str();
+  a.seeds_option = cmd->add_option("--seeds,--seed", a.seeds,
+                                   "seeds: 7, 1-10, 1,4,9 (one image each, run as one batch; default: an imported "
+                                   "collage's own seed, else 0)")
+                       ->capture_default_str();
+  a.steps_option = cmd->add_option("--steps", a.steps, "sampling steps (default: an imported collage's own)")
+                       ->capture_default_str();
+  a.guidance_option =
+      cmd->add_option("--guidance", a.guidance, "classifier-free guidance scale (default: an imported collage's own)")
+          ->capture_default_str();
   cmd->add_option("--scheduler", a.scheduler, "solver (euler_ancestral as the paper; '' = the model's own)")
       ->capture_default_str();
   cmd->add_option("--negative-prompt", a.negative_prompt, "negative prompt");
@@ -115,13 +122,36 @@ void write_outputs(const CollageArgs& a, const std::vector<uint64_t>& seeds, con
                                                           : std::string());
 }
 
-void run_method_command(const CollageArgs& a, const GlobalOptions& g, const std::string& spec_text, Json params) {
+// The seed, steps and guidance an imported demo collage carries, where the command line sets none.
+CollageArgs with_collage_defaults(const CollageArgs& a, const Collage& collage) {
+  CollageArgs out = a;
+  const auto d = sampling_defaults(collage);
+  std::vector<std::string> used;
+  auto unset = [](const CLI::Option* o) { return o != nullptr && o->count() == 0; };
+  if (d.seed && unset(a.seeds_option)) {
+    out.seeds = std::to_string(*d.seed);
+    used.push_back("seed " + out.seeds);
+  }
+  if (d.steps && unset(a.steps_option)) {
+    out.steps = *d.steps;
+    used.push_back(fmt::format("{} steps", out.steps));
+  }
+  if (d.guidance_scale && unset(a.guidance_option)) {
+    out.guidance = *d.guidance_scale;
+    used.push_back(fmt::format("guidance {}", out.guidance));
+  }
+  if (!used.empty()) std::cerr << fmt::format("the collage's own settings: {}\n", fmt::join(used, ", "));
+  return out;
+}
+
+void run_method_command(const CollageArgs& args, const GlobalOptions& g, const std::string& spec_text, Json params) {
   apply_runtime(g);
-  const auto seeds = parse_seeds(a.seeds);
-  if (a.strength >= 0) params["strength"] = a.strength;
+  if (args.strength >= 0) params["strength"] = args.strength;
   // Validate everything cheap before loading a multi-GB model.
   auto method = create_method(spec_text, params, "--method");
-  auto collage = load_collage(a.collage);
+  auto collage = load_collage(args.collage);
+  const CollageArgs a = with_collage_defaults(args, collage);
+  const auto seeds = parse_seeds(a.seeds);
   auto sd = load_model(a, g);
   RunSettings rs;
   rs.seeds = seeds;

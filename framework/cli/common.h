@@ -80,5 +80,6 @@ void add_text_diff_command(CLI::App& app, GlobalOptions& global);
 void add_old_command_names(CLI::App& app, GlobalOptions& global);
 void add_sweep_commands(CLI::App& app, GlobalOptions& global);
 void add_status_command(CLI::App& app, GlobalOptions& global);
+void add_import_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace collage::cli

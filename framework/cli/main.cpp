@@ -19,6 +19,7 @@ void add_commands(CLI::App& app, collage::cli::GlobalOptions& global) {
   add_collage_commands(app, global);
   add_sweep_commands(app, global);
   add_status_command(app, global);
+  add_import_commands(app, global);
   add_score_commands(app, global);
   add_parity_command(app, global);
   add_text_diff_command(app, global);

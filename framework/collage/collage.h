@@ -6,6 +6,7 @@
 #include <ATen/Tensor.h>
 
 #include <array>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,7 @@ struct Layer {
   double w_pos = 0;                          // CA strength inside the layer ("cacStrength")
   double w_neg = 1;                          // CA suppression outside the layer ("negativeStrength")
   double noise_strength = 0.8;               // s_i: SDEdit strength of this layer's region
+  double control_strength = 0;               // ControlNet strength in this layer's region ("cannyStrength")
   bool keep = false;                         // a fixed layer (editing: kept, not regenerated)
   std::string embedding;                     // optional learned TI embedding (.safetensors), relative path
   Json meta;                                 // free-form (e.g. ground truth from a dataset generator)
@@ -56,7 +58,8 @@ struct Collage {
 Collage load_collage(const std::string& path);
 // Validates an in-memory collage (the checks of load_collage, images included).
 void validate_collage(const Collage& collage);
-// Writes collage.json and the layer images (layer_<i>.png unless a layer already names its image) into `folder`.
+// Writes collage.json and the layer images (layer_<i>.png unless a layer already names its image) into `folder`;
+// an embedding file that lies elsewhere is copied in (layer_<i>_embedding.<ext>).
 void save_collage(const Collage& collage, const std::string& folder);
 Json collage_to_json(const Collage& collage);
 
@@ -64,11 +67,35 @@ Json collage_to_json(const Collage& collage);
 // relative to DIR), else every sub-folder holding a collage.json, sorted by name. Errors name the dataset.
 std::vector<std::string> list_collages(const std::string& dataset_dir);
 
-// The authors' demo format: an object {prompt, layers: [...], ...} (or a bare layer list, with `prompt`
-// given) whose layers have textPrompt, cacStrength, negativeStrength, noiseStrength,
-// transform{position{x,y},scale,rotation}, polygon [{x,y}], originalImgUrl (a path relative to the file,
-// or a data: URL with a base64 PNG) and optional wordEmbedding. Canvas 512x512, as in their server.
-Collage import_demo_collage(const std::string& json_path, const std::string& prompt = "");
+// A collage's own sampling settings (the authors' seed, numInferenceSteps, guidanceScale), kept in its meta
+// by `import_demo_collages`; commands use them where the command line sets none. Only collages whose
+// meta.generator is "import-demo" have them (a ShapesWorld collage's meta.seed is its dataset's seed).
+struct SamplingDefaults {
+  std::optional<uint64_t> seed;
+  std::optional<int64_t> steps;
+  std::optional<double> guidance_scale;
+};
+SamplingDefaults sampling_defaults(const Collage& collage);
+
+// ---- The authors' demo format (datasets/README.md, "The authors' demo format") ------------------------
+
+struct DemoImportOptions {
+  std::string images_dir;  // where a URL's image is found, by the URL's last path segment (extension optional)
+  std::string prompt;      // the collage text for a bare layer list; overrides the file's text when set
+  int64_t size = 512;      // canvas side: the authors' 512, their geometry scaled with it
+};
+
+// Every collage of a file of the authors' demo: a list of examples [{"collage": {...}}, ...], one collage
+// (request) {prompt or collagePrompt, layers, ...}, or a bare list of layer objects. Each layer is placed as
+// their server places it (polygon mask and crop, resize, paste, rotation inside its box), baked into the
+// layer image and an integer-pixel transform, so that place_layers() reproduces it. Errors name the file,
+// the collage (index) and the layer; every collage is validated.
+std::vector<Collage> import_demo_collages(const std::string& json_path, const DemoImportOptions& options = {});
+
+// Writes collages as a dataset: DIR/<k>/ (collage.json + layer images) for the k-th and DIR/index.json
+// listing them, with `index_info` merged into the index. Each folder is written under a temporary name and
+// renamed into place, so an interrupted write leaves no half collage.
+void save_collage_dataset(const std::vector<Collage>& collages, const std::string& dir, const Json& index_info = {});
 
 // ---- Compositing -----------------------------------------------------------------------------------
 

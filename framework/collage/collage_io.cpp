@@ -1,12 +1,11 @@
-// collage.json reading, validation and writing; the importer for the authors' demo layer objects.
+// collage.json reading, validation and writing; datasets of collages.
 #include <ATen/ATen.h>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include <cmath>
 #include <filesystem>
 
 #include "collage/collage.h"
+#include "collage/io_checks.h"
 #include "core/core.h"
 
 namespace fs = std::filesystem;
@@ -17,21 +16,9 @@ namespace {
 
 std::string layer_field(size_t i, const std::string& key) { return fmt::format("layers[{}].{}", i, key); }
 
-void check_unit(double v, const std::string& file, const std::string& field) {
-  COLLAGE_CHECK_AT(std::isfinite(v) && v >= 0.0 && v <= 1.0, file, field, "must be in [0, 1], got {}", v);
-}
-
-void check_unknown(const JsonReader& r, const std::string& file, const std::string& prefix,
-                   const std::string& valid) {
-  auto unknown = r.unused_keys();
-  if (!unknown.empty())
-    throw Error(fmt::format("unknown field (valid fields: {})", valid), file, prefix + unknown.front());
-}
-
-std::string resolve(const std::string& folder, const std::string& p) {
-  if (p.empty() || fs::path(p).is_absolute()) return p;
-  return (fs::path(folder) / p).string();
-}
+using io::check_unit;
+using io::check_unknown;
+using io::resolve;
 
 at::Tensor load_rgba(const std::string& path, const std::string& file, const std::string& field) {
   COLLAGE_CHECK_AT(!path.empty(), file, field, "a layer needs an image");
@@ -48,47 +35,9 @@ at::Tensor load_rgba(const std::string& path, const std::string& file, const std
   return img;
 }
 
-// Decodes standard base64 (padding optional; whitespace ignored).
-std::vector<unsigned char> base64_decode(const std::string& text, const std::string& file, const std::string& field) {
-  auto value = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
-    return -1;
-  };
-  std::vector<unsigned char> out;
-  int bits = 0, acc = 0;
-  for (char c : text) {
-    if (c == '=' || std::isspace(static_cast<unsigned char>(c))) continue;
-    int v = value(c);
-    COLLAGE_CHECK_AT(v >= 0, file, field, "invalid base64 character '{}' in the data URL", c);
-    acc = (acc << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<unsigned char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
-at::Tensor decode_rgba_bytes(const std::vector<unsigned char>& bytes, const std::string& file,
-                             const std::string& field) {
-  cv::Mat m = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
-  COLLAGE_CHECK_AT(!m.empty(), file, field, "cannot decode the embedded image");
-  COLLAGE_CHECK_AT(m.channels() == 4 && m.depth() == CV_8U, file, field,
-                   "the embedded image must be an 8-bit RGBA PNG (has {} channels)", m.channels());
-  cv::Mat rgba;
-  cv::cvtColor(m, rgba, cv::COLOR_BGRA2RGBA);
-  auto t = at::from_blob(rgba.data, {rgba.rows, rgba.cols, 4}, at::kByte).clone();
-  return t.permute({2, 0, 1}).to(at::kFloat).div_(255.0).contiguous();
-}
-
 const char* kCollageFields = "prompt, width, height, background, layers, meta";
 const char* kLayerFields =
-    "name, image, text, transform, polygon, w_pos, w_neg, noise_strength, keep, embedding, meta";
+    "name, image, text, transform, polygon, w_pos, w_neg, noise_strength, control_strength, keep, embedding, meta";
 
 }  // namespace
 
@@ -106,6 +55,7 @@ void validate_collage(const Collage& c) {
     check_unit(l.w_pos, file, layer_field(i, "w_pos"));
     check_unit(l.w_neg, file, layer_field(i, "w_neg"));
     check_unit(l.noise_strength, file, layer_field(i, "noise_strength"));
+    check_unit(l.control_strength, file, layer_field(i, "control_strength"));
     const auto& t = l.transform;
     COLLAGE_CHECK_AT(std::isfinite(t.x) && std::isfinite(t.y), file, layer_field(i, "transform"),
                      "position must be finite");
@@ -170,6 +120,7 @@ Collage load_collage(const std::string& path_in) {
     l.w_pos = lr.get<double>("w_pos", 0.0);
     l.w_neg = lr.get<double>("w_neg", 1.0);
     l.noise_strength = lr.get<double>("noise_strength", 0.8);
+    l.control_strength = lr.get<double>("control_strength", 0.0);
     l.keep = lr.get<bool>("keep", false);
     l.embedding = lr.get<std::string>("embedding", "");
     l.meta = lr.get<Json>("meta", Json::object());
@@ -206,6 +157,7 @@ Json collage_to_json(const Collage& c) {
     lj["w_pos"] = l.w_pos;
     lj["w_neg"] = l.w_neg;
     lj["noise_strength"] = l.noise_strength;
+    if (l.control_strength != 0) lj["control_strength"] = l.control_strength;
     if (l.keep) lj["keep"] = true;
     if (!l.embedding.empty()) lj["embedding"] = l.embedding;
     if (!l.meta.empty()) lj["meta"] = l.meta;
@@ -223,8 +175,57 @@ void save_collage(const Collage& c, const std::string& folder) {
     COLLAGE_CHECK_AT(c.layers[i].rgba.defined(), folder, layer_field(i, "image"), "layer has no pixels to save");
     fs::create_directories((fs::path(folder) / name).parent_path());
     write_image((fs::path(folder) / name).string(), c.layers[i].rgba);
+    // An embedding outside the destination is copied in, so that the saved collage is self-contained.
+    const auto& embedding = c.layers[i].embedding;
+    if (embedding.empty()) continue;
+    const fs::path source = resolve(c.folder, embedding), target = fs::path(folder) / embedding;
+    if (!fs::exists(source)) continue;  // reported when the collage is loaded
+    if (fs::path(embedding).is_relative() && fs::exists(target) && fs::equivalent(source, target)) continue;
+    const auto copy = fmt::format("layer_{}_embedding{}", i, source.extension().string());
+    fs::copy_file(source, fs::path(folder) / copy, fs::copy_options::overwrite_existing);
+    j["layers"][i]["embedding"] = copy;
   }
   write_json_file((fs::path(folder) / "collage.json").string(), j);
+}
+
+void save_collage_dataset(const std::vector<Collage>& collages, const std::string& dir, const Json& index_info) {
+  fs::create_directories(dir);
+  Json index = index_info.is_object() ? index_info : Json::object();
+  index["collages"] = Json::array();
+  for (size_t k = 0; k < collages.size(); ++k) {
+    const auto name = std::to_string(k);
+    const auto final_dir = fs::path(dir) / name, temp_dir = fs::path(dir) / (name + ".partial");
+    fs::remove_all(temp_dir);
+    save_collage(collages[k], temp_dir.string());
+    fs::remove_all(final_dir);
+    fs::rename(temp_dir, final_dir);
+    index["collages"].push_back(name);
+  }
+  write_json_file((fs::path(dir) / "index.json").string(), index);
+}
+
+SamplingDefaults sampling_defaults(const Collage& c) {
+  SamplingDefaults d;
+  const Json& m = c.meta;
+  if (!m.is_object() || m.value("generator", std::string()) != "import-demo") return d;
+  const auto file = c.where();
+  if (m.contains("seed") && !m["seed"].is_null()) {
+    COLLAGE_CHECK_AT(m["seed"].is_number_integer() && m["seed"].get<int64_t>() >= 0, file, "meta.seed",
+                     "a seed is a non-negative integer, got {}", m["seed"].dump());
+    d.seed = m["seed"].get<uint64_t>();
+  }
+  if (m.contains("num_inference_steps") && !m["num_inference_steps"].is_null()) {
+    COLLAGE_CHECK_AT(m["num_inference_steps"].is_number_integer() && m["num_inference_steps"].get<int64_t>() > 0,
+                     file, "meta.num_inference_steps", "expected a positive integer, got {}",
+                     m["num_inference_steps"].dump());
+    d.steps = m["num_inference_steps"].get<int64_t>();
+  }
+  if (m.contains("guidance_scale") && !m["guidance_scale"].is_null()) {
+    COLLAGE_CHECK_AT(m["guidance_scale"].is_number(), file, "meta.guidance_scale", "expected a number, got {}",
+                     m["guidance_scale"].dump());
+    d.guidance_scale = m["guidance_scale"].get<double>();
+  }
+  return d;
 }
 
 std::vector<std::string> list_collages(const std::string& dir) {
@@ -250,81 +251,6 @@ std::vector<std::string> list_collages(const std::string& dir) {
   std::sort(out.begin(), out.end());
   COLLAGE_CHECK_AT(!out.empty(), dir, "", "no collages here (no sub-folder with a collage.json, no index.json)");
   return out;
-}
-
-Collage import_demo_collage(const std::string& path, const std::string& prompt) {
-  const Json j = read_json_file(path);
-  const auto folder = fs::path(path).parent_path().string();
-  Collage c;
-  c.file = path;
-  c.folder = folder;
-  c.width = c.height = 512;
-  Json layers;
-  if (j.is_array()) {
-    layers = j;
-    c.prompt = prompt;
-  } else {
-    COLLAGE_CHECK_AT(j.is_object() && j.contains("layers"), path, "layers",
-                     "expected the demo's collage request {prompt, layers} or a list of layer objects");
-    layers = j["layers"];
-    c.prompt = prompt.empty() ? j.value("prompt", std::string()) : prompt;
-  }
-  COLLAGE_CHECK_AT(!c.prompt.empty(), path, "prompt", "no collage text: the file has none, pass one");
-  COLLAGE_CHECK_AT(layers.is_array(), path, "layers", "expected a list of layer objects");
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const auto prefix = fmt::format("layers[{}].", i);
-    JsonReader r(layers[i], path, prefix);
-    // Fields of the demo that have no meaning here (ids, ControlNet strength) are accepted and dropped.
-    r.ignore({"id", "key", "cannyStrength"});
-    Layer l;
-    l.name = layers[i].contains("key") && layers[i]["key"].is_string() ? layers[i]["key"].get<std::string>() : "";
-    l.text = r.get<std::string>("textPrompt");
-    l.w_pos = r.get<double>("cacStrength", 0.0);
-    l.w_neg = r.get<double>("negativeStrength", 1.0);
-    l.noise_strength = r.get<double>("noiseStrength", 0.8);
-    const Json t = r.get<Json>("transform", Json::object());
-    JsonReader tr(t, path, prefix + "transform.");
-    if (tr.has("position")) {
-      const Json p = tr.get<Json>("position");
-      JsonReader pr(p, path, prefix + "transform.position.");
-      l.transform.x = pr.get<double>("x");
-      l.transform.y = pr.get<double>("y");
-      check_unknown(pr, path, prefix + "transform.position.", "x, y");
-    }
-    l.transform.scale = tr.get<double>("scale", 1.0);
-    l.transform.rotation = tr.get<double>("rotation", 0.0);
-    check_unknown(tr, path, prefix + "transform.", "position, scale, rotation");
-    if (r.has("polygon")) {
-      const Json poly = r.get<Json>("polygon");
-      for (size_t k = 0; k < poly.size(); ++k) {
-        JsonReader pr(poly[k], path, fmt::format("{}polygon[{}].", prefix, k));
-        l.polygon.push_back({pr.get<double>("x"), pr.get<double>("y")});
-      }
-    }
-    const auto src = r.get<std::string>("originalImgUrl");
-    const auto field = prefix + "originalImgUrl";
-    if (src.rfind("data:", 0) == 0) {
-      const auto comma = src.find(',');
-      COLLAGE_CHECK_AT(comma != std::string::npos && src.find(";base64") < comma, path, field,
-                       "only base64 data URLs are supported");
-      l.rgba = decode_rgba_bytes(base64_decode(src.substr(comma + 1), path, field), path, field);
-    } else {
-      COLLAGE_CHECK_AT(src.find("://") == std::string::npos, path, field,
-                       "'{}' is a URL; nothing can be downloaded here: save the image next to the JSON and give "
-                       "its file name",
-                       src);
-      // The image is copied into the collage when saved (layer_<i>.png), so the original may live anywhere.
-      l.rgba = load_rgba(resolve(folder, src), path, field);
-    }
-    const Json we = r.get<Json>("wordEmbedding", Json());
-    if (we.is_string() && !we.get<std::string>().empty()) l.embedding = we.get<std::string>();
-    check_unknown(r, path, prefix,
-                  "textPrompt, cacStrength, negativeStrength, noiseStrength, transform, polygon, originalImgUrl, "
-                  "wordEmbedding, id, key, cannyStrength");
-    c.layers.push_back(std::move(l));
-  }
-  validate_collage(c);
-  return c;
 }
 
 }  // namespace collage

@@ -252,13 +252,15 @@ TEST(Collage, LayerTokenPositions) {
 }
 
 TEST(Collage, ImportsTheAuthorsDemoLayers) {
+  // The library side of `collage import-demo` (tests/cli/test_import_demo.cpp checks the placement end to end).
   auto dir = test::temp_dir("collage_demo");
   write_image((fs::path(dir) / "cat.png").string(), square(8, {1, 0.5f, 0}));
-  cv::Mat m(4, 4, CV_8UC4, cv::Scalar(255, 0, 0, 255));  // BGRA: blue
+  cv::Mat m(4, 4, CV_8UC3, cv::Scalar(255, 0, 0));  // BGR: blue, no alpha (a photo)
   std::vector<unsigned char> png;
   cv::imencode(".png", m, png);
   Json demo = {{"prompt", "a cat sitting on a blue table"},
                {"numInferenceSteps", 50},
+               {"seed", "12"},
                {"layers",
                 {{{"id", 0},
                   {"key", "table"},
@@ -267,8 +269,8 @@ TEST(Collage, ImportsTheAuthorsDemoLayers) {
                   {"cacStrength", 0.0},
                   {"negativeStrength", 1.0},
                   {"noiseStrength", 0.9},
-                  {"cannyStrength", 0.0},
-                  {"transform", {{"position", {{"x", 100}, {"y", 300}}}, {"scale", 2.0}, {"rotation", 0}}},
+                  {"cannyStrength", 0.3},
+                  {"transform", {{"position", {{"x", 0.25}, {"y", 0.5}}}, {"scale", 2.0 / 512}, {"rotation", 0}}},
                   {"polygon", Json::array()}},
                  {{"id", 1},
                   {"key", "cat"},
@@ -277,37 +279,62 @@ TEST(Collage, ImportsTheAuthorsDemoLayers) {
                   {"cacStrength", 0.6},
                   {"negativeStrength", 0.8},
                   {"noiseStrength", 0.3},
-                  {"transform", {{"position", {{"x", 200}, {"y", 250}}}, {"scale", 1.0}, {"rotation", 15}}},
-                  {"polygon", {{{"x", 0}, {"y", 0}}, {{"x", 8}, {"y", 0}}, {{"x", 8}, {"y", 8}}}},
+                  {"transform", {{"position", {{"x", 0.5}, {"y", 0.25}}}, {"scale", 1.0 / 512}, {"rotation", 15}}},
+                  {"polygon", {{{"x", 0}, {"y", 0}}, {{"x", 1}, {"y", 0}}, {{"x", 0}, {"y", 1}}}},
                   {"wordEmbedding", nullptr}}}}};
   const auto path = (fs::path(dir) / "demo.json").string();
   write_json_file(path, demo);
-  auto c = import_demo_collage(path);
+  auto collages = import_demo_collages(path);
+  ASSERT_EQ(collages.size(), 1u);
+  auto& c = collages[0];
   EXPECT_EQ(c.width, 512);
   ASSERT_EQ(c.layers.size(), 2u);
   EXPECT_EQ(c.layers[0].name, "table");
   EXPECT_DOUBLE_EQ(c.layers[0].noise_strength, 0.9);
-  EXPECT_DOUBLE_EQ(c.layers[0].transform.scale, 2.0);
-  EXPECT_DOUBLE_EQ(c.layers[0].transform.y, 300);
+  EXPECT_DOUBLE_EQ(c.layers[0].control_strength, 0.3);
+  // Their geometry baked in: the 4x4 image at 2 px per pixel is 8x8, placed at (128, 256), opaque.
+  EXPECT_EQ(c.layers[0].rgba.size(2), 8);
+  EXPECT_DOUBLE_EQ(c.layers[0].transform.x, 128);
+  EXPECT_DOUBLE_EQ(c.layers[0].transform.y, 256);
+  EXPECT_DOUBLE_EQ(c.layers[0].transform.scale, 1);
   EXPECT_NEAR(c.layers[0].rgba[2][0][0].item<double>(), 1.0, 1e-6);  // blue decoded from the data URL
+  EXPECT_NEAR(c.layers[0].rgba[3].min().item<double>(), 1.0, 1e-6);  // no alpha -> opaque
   EXPECT_DOUBLE_EQ(c.layers[1].w_pos, 0.6);
   EXPECT_DOUBLE_EQ(c.layers[1].w_neg, 0.8);
   EXPECT_DOUBLE_EQ(c.layers[1].transform.rotation, 15);
-  EXPECT_EQ(c.layers[1].polygon.size(), 3u);
+  EXPECT_EQ(c.layers[1].polygon.size(), 4u);  // the rotation's clip to its box
+  // The triangle's mask: pixel (j, i) is in when j + i < 8 (the points (0,0), (8,0), (0,8)).
+  EXPECT_NEAR(c.layers[1].rgba[3][0][6].item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(c.layers[1].rgba[3][7][7].item<double>(), 0.0, 1e-6);
+  EXPECT_EQ(c.meta["seed"], 12);
+  EXPECT_EQ(sampling_defaults(c).steps.value_or(0), 50);
+  EXPECT_FALSE(sampling_defaults(c).guidance_scale.has_value());
   auto placed = place_layers(c);
-  EXPECT_NEAR(placed[0][3].sum().item<double>(), 64.0, 1e-3);  // 4x4 scaled by 2
+  EXPECT_NEAR(placed[0][3].sum().item<double>(), 64.0, 1e-3);
   // It saves as a regular collage.
   save_collage(c, (fs::path(dir) / "imported").string());
   auto back = load_collage((fs::path(dir) / "imported").string());
   EXPECT_EQ(back.layers[1].text, "cat");
+  EXPECT_DOUBLE_EQ(back.layers[0].control_strength, 0.3);
 
   demo["layers"][1]["textPrompt"] = "dog";
   write_json_file(path, demo);
-  auto msg = test::expect_error([&] { import_demo_collage(path); });
+  auto msg = test::expect_error([&] { import_demo_collages(path); });
   EXPECT_NE(msg.find("layers[1].text"), std::string::npos) << msg;
   demo["layers"][1]["textPrompt"] = "cat";
   demo["layers"][1]["originalImgUrl"] = "https://example.com/cat.png";
   write_json_file(path, demo);
-  msg = test::expect_error([&] { import_demo_collage(path); });
+  msg = test::expect_error([&] { import_demo_collages(path); });
   EXPECT_NE(msg.find("layers[1].originalImgUrl"), std::string::npos) << msg;
+  DemoImportOptions with_images;
+  with_images.images_dir = dir;
+  EXPECT_EQ(import_demo_collages(path, with_images)[0].layers.size(), 2u);  // found by the URL's file name
+  demo["layers"][1]["polygon"] = {{{"x", 0.1}, {"y", 0.1}}, {{"x", 0.11}, {"y", 0.1}}, {{"x", 0.1}, {"y", 0.11}}};
+  write_json_file(path, demo);
+  msg = test::expect_error([&] { import_demo_collages(path, with_images); });
+  EXPECT_NE(msg.find("covers no pixel"), std::string::npos) << msg;
+  demo["seed"] = "forty";
+  write_json_file(path, demo);
+  msg = test::expect_error([&] { import_demo_collages(path, with_images); });
+  EXPECT_NE(msg.find("'seed'"), std::string::npos) << msg;
 }
