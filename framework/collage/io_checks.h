@@ -5,8 +5,7 @@
 #include <filesystem>
 #include <string>
 
-#include "core/error.h"
-#include "core/json.h"
+#include "core/core.h"
 
 namespace collage::io {
 
