@@ -19,7 +19,7 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
       "parity", "check every component folder of DIR (tokenizer, text_encoder_*, unet_*, vae, schedulers, "
-                "pipeline) against its reference tensors; exit 1 if any case is out of tolerance");
+                "pipeline, controlnet, clip*, lpips) against its reference tensors; exit 1 if any case is out of tolerance");
   cmd->add_option("dir", a->dir, "reference folder (e.g. ../shared/golden)")->required()->check(CLI::ExistingDirectory);
   cmd->add_flag("--all", a->all_rows, "print every case (default: one summary row per component plus failures)");
   cmd->callback([a, &global] {
@@ -41,24 +41,30 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
         },
         target);
     COLLAGE_CHECK_AT(!results.empty(), a->dir, "", "no component folder found (expected tokenizer/, unet_*/, ...)");
-    std::cout << fmt::format("| {:<18} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
+    std::cout << fmt::format("| {:<20} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
                              "max_abs", "max|ref|", "rel", "tolerance", "status");
-    std::cout << fmt::format("|{:-<20}|{:-<48}|{:->12}|{:->12}|{:->12}|{:->18}|{:-<8}|\n", "", "", "", "", "", "", "");
+    std::cout << fmt::format("|{:-<22}|{:-<48}|{:->12}|{:->12}|{:->12}|{:->18}|{:-<8}|\n", "", "", "", "", "", "", "");
     auto row = [](const parity::CaseResult& r, const std::string& name) {
       const std::string tol = r.rtol > 0 || r.atol > 0 ? fmt::format("r{:.0e} a{:.0e}", r.rtol, r.atol) : "exact";
-      std::cout << fmt::format("| {:<18} | {:<46} | {:>10.3e} | {:>10.3e} | {:>10.3e} | {:>16} | {:<6} |\n",
+      if (r.skipped) {
+        std::cout << fmt::format("| {:<20} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", r.component,
+                                 name.substr(0, 46), "-", "-", "-", "-", "SKIP");
+        return;
+      }
+      std::cout << fmt::format("| {:<20} | {:<46} | {:>10.3e} | {:>10.3e} | {:>10.3e} | {:>16} | {:<6} |\n",
                                r.component, name.substr(0, 46), r.max_abs_diff, r.max_abs_ref, r.rel, tol,
                                r.pass ? "ok" : "FAIL");
       if (!r.pass && !r.detail.empty()) std::cout << "    -> " << r.detail << "\n";
     };
-    size_t failures = 0;
+    size_t failures = 0, skipped = 0;
     std::map<std::string, std::vector<const parity::CaseResult*>> by_component;
     for (const auto& r : results) {
       by_component[r.component].push_back(&r);
       failures += r.pass ? 0 : 1;
+      skipped += r.skipped;
     }
     for (const auto& [component, rows] : by_component) {
-      if (a->all_rows) {
+      if (a->all_rows || rows.front()->skipped) {
         for (const auto* r : rows) row(*r, r->name);
         continue;
       }
@@ -73,7 +79,10 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
       for (const auto* r : rows)
         if (!r->pass && r != worst) row(*r, r->name);
     }
-    std::cout << fmt::format("\n{} cases, {} passed, {} failed\n", results.size(), results.size() - failures, failures);
+    std::cout << fmt::format("\n{} cases, {} passed, {} failed", results.size() - skipped,
+                             results.size() - skipped - failures, failures);
+    if (skipped) std::cout << fmt::format("; {} unknown folder(s) not checked", skipped);
+    std::cout << "\n";
     if (failures > 0) throw Error(fmt::format("{} case(s) outside tolerance", failures), a->dir);
   });
 }

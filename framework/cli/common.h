@@ -53,6 +53,7 @@ std::shared_ptr<StableDiffusion> load_pipeline(const std::string& model, const s
 void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
 void add_bench_command(CLI::App& app, GlobalOptions& global);
+void add_bench_controlnet_command(CLI::App& app, GlobalOptions& global);  // after add_bench_command
 void add_collage_commands(CLI::App& app, GlobalOptions& global);
 void add_score_commands(CLI::App& app, GlobalOptions& global);
 void add_train_commands(CLI::App& app, GlobalOptions& global);

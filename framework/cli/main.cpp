@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   collage::cli::add_generate_commands(app, global);
   collage::cli::add_parity_command(app, global);
   collage::cli::add_bench_command(app, global);
+  collage::cli::add_bench_controlnet_command(app, global);
   collage::cli::add_collage_commands(app, global);
   collage::cli::add_score_commands(app, global);
   collage::cli::add_train_commands(app, global);
