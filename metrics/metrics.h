@@ -286,6 +286,19 @@ at::Tensor ssim_map(const at::Tensor& a, const at::Tensor& b);
 // sum(map * weights) / sum(weights) for (H, W) tensors; NaN when sum(weights) < min_weight.
 double masked_mean(const at::Tensor& map, const at::Tensor& weights, double min_weight = 0.5);
 
+// Edge fidelity of two (H, W) edge maps (nonzero = edge) inside `weights` (H, W) in [0, 1]: an output edge pixel
+// is matched when a reference edge lies within Euclidean distance `radius` pixels, and vice versa.
+// precision = sum(w * out * near_ref) / sum(w * out), recall = sum(w * ref * near_out) / sum(w * ref),
+// f1 = 2 p r / (p + r) (0 when both are 0; precision 0 when the output has no edge there). All NaN when the
+// reference has less than 0.5 pixel of weighted edges there (nothing to hold).
+struct EdgeMatch {
+  double precision = kNaN, recall = kNaN, f1 = kNaN;
+  double ref_edges = 0, out_edges = 0;  // weighted edge-pixel counts
+};
+EdgeMatch edge_match(const at::Tensor& out_edges, const at::Tensor& ref_edges, const at::Tensor& weights, int radius);
+// The tolerance radius of edge_f1 for an image: max(1, round(radius_at_512 * min(H, W) / 512)).
+int edge_radius(int64_t height, int64_t width, double radius_at_512 = 2.0);
+
 struct KidOptions {
   int64_t subset_size = 1000;  // capped at min(N_a, N_b)
   int64_t subsets = 100;

@@ -66,6 +66,7 @@ std::unique_ptr<Metric> make_lpips(const Json& options);
 std::unique_ptr<Metric> make_clip_score(const Json& options);
 std::unique_ptr<Metric> make_clip_image_similarity(const Json& options);
 std::unique_ptr<Metric> make_clip_layer_score(const Json& options);
+std::unique_ptr<Metric> make_edge_f1(const Json& options);
 std::unique_ptr<SetMetric> make_kid(const Json& options);
 std::unique_ptr<SetMetric> make_fid(const Json& options);
 std::unique_ptr<Segmenter> make_appearance_segmenter(const Json& options);

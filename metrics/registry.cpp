@@ -183,6 +183,12 @@ void register_builtin_metrics(MetricRegistry& r) {
          img,
          {N::image, N::visible_masks, N::layer_texts, N::embedder}},
         detail::make_clip_layer_score);
+  r.add({"edge_f1",
+         "per layer: F1 of the output's Canny edges vs the flattened collage's within 2 px (at 512) inside v_i",
+         hi,
+         img,
+         {N::image, N::collage, N::visible_masks}},
+        detail::make_edge_f1);
   r.add_set({"kid",
              "Kernel Inception Distance: unbiased polynomial-kernel MMD^2 over random subsets",
              lo,

@@ -21,6 +21,7 @@ struct CollageArgs {
   int64_t steps = 50;
   double guidance = 7.5;
   double strength = -1;
+  std::string controlnet;  // --controlnet DIR: the cn component's ControlNet folder
   bool record_attention = false;
   // edit
   std::string from, regenerate;
@@ -71,6 +72,7 @@ void add_run_options(CLI::App* cmd, CollageArgs& a) {
       ->capture_default_str();
   cmd->add_option("--negative-prompt", a.negative_prompt, "negative prompt");
   cmd->add_option("--strength", a.strength, "global strength b (shortcut for --param strength=B)");
+  cmd->add_option("--controlnet", a.controlnet, "ControlNet folder for the cn component (shortcut for --param cn_model=DIR)");
   cmd->add_option("--out", a.out, "output folder: seed_<n>.png, record.json, artefacts")->required();
   cmd->add_flag("--record-attention", a.record_attention, "save per-layer cross-attention maps");
 }
@@ -147,6 +149,7 @@ CollageArgs with_collage_defaults(const CollageArgs& a, const Collage& collage) 
 void run_method_command(const CollageArgs& args, const GlobalOptions& g, const std::string& spec_text, Json params) {
   apply_runtime(g);
   if (args.strength >= 0) params["strength"] = args.strength;
+  if (!args.controlnet.empty()) params["cn_model"] = args.controlnet;
   // Validate everything cheap before loading a multi-GB model.
   auto method = create_method(spec_text, params, "--method");
   auto collage = load_collage(args.collage);

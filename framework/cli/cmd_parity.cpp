@@ -19,7 +19,7 @@ void add_parity_command(CLI::App& app, GlobalOptions& global) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
       "parity", "check every component folder of DIR (tokenizer, text_encoder_*, unet_*, vae, schedulers, "
-                "pipeline) against its reference tensors; exit 1 if any case is out of tolerance");
+                "pipeline, controlnet, clip*, lpips) against its reference tensors; exit 1 if any case is out of tolerance");
   cmd->add_option("dir", a->dir, "reference folder (e.g. ../shared/golden)")->required()->check(CLI::ExistingDirectory);
   cmd->add_flag("--all", a->all_rows, "print every case (default: one summary row per component plus failures)");
   cmd->callback([a, &global] {

@@ -70,6 +70,7 @@ void add_generate_commands(CLI::App& app, GlobalOptions& global);
 void add_parity_command(CLI::App& app, GlobalOptions& global);
 void add_bench_commands(CLI::App& bench_group, GlobalOptions& global);         // unet, attention, txt2img
 void add_metrics_bench_command(CLI::App& bench_group, GlobalOptions& global);  // metrics
+void add_bench_controlnet_command(CLI::App& bench_group, GlobalOptions& global);  // controlnet
 void add_collage_commands(CLI::App& app, GlobalOptions& global);
 void add_score_commands(CLI::App& app, GlobalOptions& global);
 void add_train_commands(CLI::App& sandbox_group, GlobalOptions& global);       // train, train-clip, eval-clip, eval

@@ -34,6 +34,7 @@ void add_commands(CLI::App& app, collage::cli::GlobalOptions& global) {
   bench->fallthrough();
   add_bench_commands(*bench, global);
   add_metrics_bench_command(*bench, global);
+  add_bench_controlnet_command(*bench, global);
   add_old_command_names(app, global);
 }
 

@@ -1,6 +1,7 @@
 // Public header of framework/core: errors, safetensors and JSON IO, tensor comparison.
 #pragma once
 
+#include "core/canny.h"
 #include "core/compare.h"
 #include "core/error.h"
 #include "core/image.h"

@@ -2,6 +2,7 @@
 // txt2img / img2img pipelines. Modules above include this header only.
 #pragma once
 
+#include "diffusion/controlnet.h"
 #include "diffusion/guidance.h"
 #include "diffusion/pipeline.h"
 #include "diffusion/sampler.h"

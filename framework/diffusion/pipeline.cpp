@@ -250,7 +250,7 @@ GenerateOutput run(StableDiffusion& sd, const GenerateRequest& r, NoiseSource& n
     latents = scheduler.add_noise(init_latents, eps, start.timesteps.front());
   }
   out.initial_latents = latents;
-  auto denoise = make_cfg_denoiser(sd, out.prompt_embeds, r.guidance_scale);
+  auto denoise = make_cfg_denoiser(r.model ? r.model : unet_model_fn(sd), out.prompt_embeds, r.guidance_scale);
   auto result = run_sampler(scheduler, denoise, latents, begin, noise, hooks, progress);
   out.latents = result.latents;
   out.timesteps = result.timesteps;

@@ -79,6 +79,12 @@ class StableDiffusion {
   std::deque<std::string> prompt_cache_order_;  // oldest first
 };
 
+// One evaluation of the noise-prediction network: (model input, timestep (scalar tensor), text states, step
+// info with the CFG branch of every row) -> prediction. The plain UNet is one; a method may wrap it (e.g. a
+// ControlNet adding residuals) and hand the wrapped one to the CFG denoiser.
+using ModelFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context,
+                                         const StepInfo& step)>;
+
 struct GenerateRequest {
   std::string prompt;
   std::string negative_prompt;
@@ -87,6 +93,7 @@ struct GenerateRequest {
   int64_t height = 0, width = 0; // 0 = the model's default size
   double strength = 0.8;         // img2img: fraction of the schedule to run
   at::Tensor init_image;         // img2img: (1 or B, 3, H, W) in [0, 1]
+  ModelFn model;                 // the network the CFG denoiser calls; empty = the plain UNet (unet_model_fn)
 };
 
 struct GenerateOutput {
@@ -105,11 +112,6 @@ void check_request(const StableDiffusion& sd, const GenerateRequest& request, bo
 // else B conditional rows.
 DenoiseFn make_cfg_denoiser(StableDiffusion& sd, const at::Tensor& prompt_embeds, double guidance_scale);
 
-// One evaluation of the noise-prediction network: (model input, timestep (scalar tensor), text states, step
-// info with the CFG branch of every row) -> prediction. The plain UNet is one; a method may wrap it (e.g. a
-// ControlNet adding residuals) and hand the wrapped one to the CFG denoiser.
-using ModelFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& timestep, const at::Tensor& context,
-                                         const StepInfo& step)>;
 ModelFn unet_model_fn(StableDiffusion& sd);
 // The CFG denoiser over any model function (make_cfg_denoiser(sd, ...) = this over unet_model_fn(sd)).
 DenoiseFn make_cfg_denoiser(const ModelFn& model, const at::Tensor& prompt_embeds, double guidance_scale);

@@ -17,7 +17,8 @@ namespace collage {
   X(CrossAttentionModifier)           \
   X(PaintWithWordsModifier)           \
   X(TextualInversionModifier)         \
-  X(LayerNoiseModifier)
+  X(LayerNoiseModifier)               \
+  X(ControlNetModifier)
 
 #define COLLAGE_DECLARE_REGISTER(Class) void collage_register_component_##Class(ComponentRegistry& registry);
 COLLAGE_BUILTIN_COMPONENTS(COLLAGE_DECLARE_REGISTER)

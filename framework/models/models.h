@@ -7,6 +7,7 @@
 #include "models/clip_encoder.h"
 #include "models/clip_text_model.h"
 #include "models/clip_tokenizer.h"
+#include "models/controlnet.h"
 #include "models/load.h"
 #include "models/resnet.h"
 #include "models/space_to_depth.h"

@@ -11,6 +11,7 @@
 
 #include "core/core.h"
 #include "models/load.h"
+#include "models/unet_blocks.h"
 
 namespace collage {
 
@@ -145,17 +146,6 @@ at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool fli
 
 namespace {
 
-class TimestepEmbeddingImpl : public nn::Module {
- public:
-  TimestepEmbeddingImpl(int64_t in, int64_t dim) {
-    linear_1 = register_module("linear_1", nn::Linear(in, dim));
-    linear_2 = register_module("linear_2", nn::Linear(dim, dim));
-  }
-  at::Tensor forward(const at::Tensor& x) { return linear_2->forward(at::silu(linear_1->forward(x))); }
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
-};
-TORCH_MODULE(TimestepEmbedding);
-
 class GEGLUImpl : public nn::Module {
  public:
   GEGLUImpl(int64_t dim_in, int64_t dim_out) { proj = register_module("proj", nn::Linear(dim_in, dim_out * 2)); }
@@ -287,83 +277,8 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
 
 namespace {
 
-// Down, mid and up blocks. One class per diffusers block type family; `attentions` is empty for the plain
-// DownBlock2D / UpBlock2D.
-class DownBlockImpl : public nn::Module {
- public:
-  DownBlockImpl(const UNet2DConditionConfig& c, int64_t index, int64_t in, int64_t out, int64_t temb,
-                bool cross, bool add_downsample) {
-    resnets = register_module("resnets", nn::ModuleList());
-    if (cross) attentions = register_module("attentions", nn::ModuleList());
-    const int64_t heads = c.heads_for_block(index);
-    for (int64_t i = 0; i < c.layers_for_block(index); ++i) {
-      ResnetBlock2DOptions ro;
-      ro.in_channels = i == 0 ? in : out;
-      ro.out_channels = out;
-      ro.temb_channels = temb;
-      ro.groups = c.norm_num_groups;
-      ro.eps = c.norm_eps;
-      resnets->push_back(ResnetBlock2D(ro));
-      if (cross)
-        attentions->push_back(Transformer2DModel(out, heads, out / heads, c.cross_attention_dim,
-                                                 c.transformer_layers_for_block(index), c.norm_num_groups,
-                                                 c.use_linear_projection, c.upcast_attention,
-                                                 c.only_cross_attention));
-    }
-    if (add_downsample) {
-      downsamplers = register_module("downsamplers", nn::ModuleList());
-      downsamplers->push_back(Downsample2D(out, out, c.downsample_padding));
-    }
-  }
-  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& context, const StepInfo* step,
-                     std::vector<at::Tensor>& skips) {
-    for (size_t i = 0; i < resnets->size(); ++i) {
-      h = resnets[i]->as<ResnetBlock2DImpl>()->forward(h, temb);
-      if (attentions) h = attentions[i]->as<Transformer2DModelImpl>()->forward(h, context, step);
-      skips.push_back(h);
-    }
-    if (downsamplers) {
-      h = downsamplers[0]->as<Downsample2DImpl>()->forward(h);
-      skips.push_back(h);
-    }
-    return h;
-  }
-  nn::ModuleList resnets{nullptr}, attentions{nullptr}, downsamplers{nullptr};
-};
-TORCH_MODULE(DownBlock);
-
-class MidBlockImpl : public nn::Module {
- public:
-  MidBlockImpl(const UNet2DConditionConfig& c, int64_t channels, int64_t temb) {
-    resnets = register_module("resnets", nn::ModuleList());
-    attentions = register_module("attentions", nn::ModuleList());
-    ResnetBlock2DOptions ro;
-    ro.in_channels = channels;
-    ro.out_channels = channels;
-    ro.temb_channels = temb;
-    ro.groups = c.norm_num_groups;
-    ro.eps = c.norm_eps;
-    ro.output_scale_factor = c.mid_block_scale_factor;
-    resnets->push_back(ResnetBlock2D(ro));
-    const int64_t last = c.num_blocks() - 1;
-    const int64_t heads = c.heads_for_block(last);
-    attentions->push_back(Transformer2DModel(channels, heads, channels / heads, c.cross_attention_dim,
-                                             c.transformer_layers_for_block(last), c.norm_num_groups,
-                                             c.use_linear_projection, c.upcast_attention, false));
-    resnets->push_back(ResnetBlock2D(ro));
-  }
-  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& context, const StepInfo* step) {
-    h = resnets[0]->as<ResnetBlock2DImpl>()->forward(h, temb);
-    for (size_t i = 0; i < attentions->size(); ++i) {
-      h = attentions[i]->as<Transformer2DModelImpl>()->forward(h, context, step);
-      h = resnets[i + 1]->as<ResnetBlock2DImpl>()->forward(h, temb);
-    }
-    return h;
-  }
-  nn::ModuleList resnets{nullptr}, attentions{nullptr};
-};
-TORCH_MODULE(MidBlock);
-
+// The up block (the down and mid blocks, shared with the ControlNet, are in unet_blocks.h); `attentions` is
+// empty for the plain UpBlock2D.
 class UpBlockImpl : public nn::Module {
  public:
   UpBlockImpl(const UNet2DConditionConfig& c, int64_t reversed_index, int64_t in, int64_t out, int64_t prev_out,
@@ -461,7 +376,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
 
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const at::Tensor& timestep,
                                              const at::Tensor& context, const StepInfo* step,
-                                             std::map<std::string, at::Tensor>* debug) {
+                                             std::map<std::string, at::Tensor>* debug,
+                                             const UNetResiduals* residuals) {
   auto& b = *blocks_;
   const auto& c = config_;
   COLLAGE_CHECK(sample_in.dim() == 4 && sample_in.size(1) == c.in_channels,
@@ -474,11 +390,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   const int64_t factor = int64_t(1) << (c.num_blocks() - 1);
   const bool forward_upsample_size = sample_in.size(2) % factor != 0 || sample_in.size(3) % factor != 0;
 
-  auto t = timestep.to(sample_in.device());
-  if (t.dim() == 0) t = t.reshape({1});
-  t = t.expand({B});
-  auto t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).to(sample_in.dtype());
-  auto emb = b.time_embedding->forward(t_emb);
+  auto [t_emb, emb] = embed_timestep(c, *b.time_embedding, timestep, B, sample_in.device(), sample_in.scalar_type());
   if (debug) {
     (*debug)["time_proj"] = t_emb;
     (*debug)["time_embedding"] = emb;
@@ -495,6 +407,19 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const 
   }
   h = b.mid->forward(h, emb, context, step);
   if (debug) (*debug)["mid_block"] = h;
+  if (residuals) {
+    COLLAGE_CHECK(residuals->down.size() == skips.size() && residuals->mid.defined(),
+                  "UNet: {} down residuals (+ mid) given, the model has {} skip connections", residuals->down.size(),
+                  skips.size());
+    for (size_t k = 0; k < skips.size(); ++k) {
+      COLLAGE_CHECK(residuals->down[k].sizes() == skips[k].sizes(), "UNet: down residual {} has shape {}, the skip "
+                    "connection {}", k, fmt::join(residuals->down[k].sizes(), "x"), fmt::join(skips[k].sizes(), "x"));
+      skips[k] = skips[k] + residuals->down[k];
+    }
+    COLLAGE_CHECK(residuals->mid.sizes() == h.sizes(), "UNet: mid residual has shape {}, the mid block output {}",
+                  fmt::join(residuals->mid.sizes(), "x"), fmt::join(h.sizes(), "x"));
+    h = h + residuals->mid;
+  }
   for (size_t i = 0; i < b.up.size(); ++i) {
 #ifdef __GLIBC__
     // CPU inference: glibc keeps the freed activations of the lower levels in its heap, fragmented, and the
@@ -524,10 +449,25 @@ void UNet2DConditionModelImpl::set_channels_last(bool enable) {
   // oneDNN convolutions on CPU run without per-call layout reorders in NHWC, and the transformer blocks'
   // (B, C, H, W) <-> (B, H*W, C) permutes become free views.
   channels_last_ = enable;
+  set_conv_weights_channels_last(*this, enable);
+}
+
+void set_conv_weights_channels_last(torch::nn::Module& module, bool enable) {
   torch::NoGradGuard no_grad;
   const auto format = enable ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  for (auto& p : parameters())
+  for (auto& p : module.parameters())
     if (p.dim() == 4) p.set_data(p.data().contiguous(format));
+}
+
+std::pair<at::Tensor, at::Tensor> embed_timestep(const UNet2DConditionConfig& c, TimestepEmbeddingImpl& embedding,
+                                                 const at::Tensor& timestep, int64_t batch, const at::Device& device,
+                                                 at::ScalarType dtype) {
+  auto t = timestep.to(device);
+  if (t.dim() == 0) t = t.reshape({1});
+  t = t.expand({batch});
+  auto t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).to(dtype);
+  auto emb = embedding.forward(t_emb);
+  return {t_emb, emb};
 }
 
 int UNet2DConditionModelImpl::set_attn_processor(const std::function<bool(const Attention&)>& select,

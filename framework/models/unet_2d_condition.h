@@ -82,16 +82,26 @@ class Transformer2DModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Transformer2DModel);
 
+// Residuals added to the UNet's skip connections and mid-block output (diffusers'
+// down_block_additional_residuals / mid_block_additional_residual, what a ControlNet produces): `down[k]` is
+// added to skip tensor k (conv_in output, every down-block layer and downsampler output, in order), `mid` to the
+// mid-block output. Shapes equal those tensors'.
+struct UNetResiduals {
+  std::vector<at::Tensor> down;
+  at::Tensor mid;
+};
+
 class UNet2DConditionModelImpl : public torch::nn::Module {
  public:
   explicit UNet2DConditionModelImpl(const UNet2DConditionConfig& config);
 
   // sample: (B, C, H, W); timestep: 0-dim or (B,) (broadcast to the batch); encoder_hidden_states: (B, M, D).
   // `step` is handed to the attention processors. `debug`, when given, receives intermediate outputs named
-  // like the golden data ("time_proj", "down_blocks.0", "mid_block", ...).
+  // like the golden data ("time_proj", "down_blocks.0", "mid_block", ...). `residuals`, when given, are
+  // added as diffusers adds a ControlNet's (after the whole down path; debug outputs are before adding).
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
                      const at::Tensor& encoder_hidden_states, const StepInfo* step = nullptr,
-                     std::map<std::string, at::Tensor>* debug = nullptr);
+                     std::map<std::string, at::Tensor>* debug = nullptr, const UNetResiduals* residuals = nullptr);
 
   const UNet2DConditionConfig& config() const { return config_; }
 

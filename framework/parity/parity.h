@@ -20,6 +20,7 @@ struct CaseResult {
   double max_abs_diff = 0, max_abs_ref = 0, rel = 0;
   double rtol = 0, atol = 0;
   bool pass = false;
+  bool skipped = false;   // a folder no checker knows: listed as not checked (pass stays true)
   std::string detail;     // why it failed, or what was compared
 };
 
@@ -42,6 +43,9 @@ class Recorder {
   explicit Recorder(std::string component, Target target = {})
       : component_(std::move(component)), target_(target) {}
   const Target& target() const { return target_; }
+  // Results recorded from now on belong to `component` (a checker's sub-parts, e.g. "controlnet/canny": one
+  // summary row each in the parity table).
+  void set_component(std::string component) { component_ = std::move(component); }
   // Floating-point comparison: pass when max|got-ref| <= atol + rtol*max|ref|.
   void tensor(const std::string& name, const at::Tensor& got, const at::Tensor& ref,
               double rtol = 1e-4, double atol = 1e-5);
@@ -71,8 +75,8 @@ struct ComponentChecker {
 // All built-in checkers (explicit list, no static self-registration).
 std::vector<ComponentChecker> builtin_checkers();
 
-// Runs every checker on every sub-folder of `root` it claims. Exceptions inside a checker become
-// failures of that component, never a crash. `progress` (optional) is told each folder as it starts.
+// Runs every checker on every sub-folder of `root` it claims; a sub-folder no checker claims gives one
+// `skipped` row. Exceptions inside a checker become failures of that component, never a crash. `progress` (optional) is told each folder as it starts.
 std::vector<CaseResult> run_parity(const std::string& root,
                                    const std::function<void(const std::string&)>& progress = {},
                                    const Target& target = {});
@@ -89,6 +93,9 @@ void check_unet(const std::string& folder, Recorder& rec);
 void check_vae(const std::string& folder, Recorder& rec);
 void check_schedulers(const std::string& folder, Recorder& rec);
 void check_pipeline(const std::string& folder, Recorder& rec);
+// controlnet/: ControlNet forward cases (with the UNet taking the residuals), per-pixel scale cases, the
+// ControlNet txt2img / img2img pipeline runs and the Canny maps (exact).
+void check_controlnet(const std::string& folder, Recorder& rec);
 
 // The blockwise attention (what training and textual inversion differentiate through) against the plain
 // autograd graph on random inputs of one shape: forward + backward time of each (best of `repeat` after a

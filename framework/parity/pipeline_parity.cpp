@@ -6,6 +6,7 @@
 #include "core/core.h"
 #include "diffusion/diffusion.h"
 #include "parity/parity.h"
+#include "parity/pipeline_run.h"
 
 namespace fs = std::filesystem;
 
@@ -15,10 +16,10 @@ namespace {
 
 std::string step_name(size_t i) { return fmt::format("step_{:02d}", i); }
 
-// Replays one recorded run (txt2img or img2img) through the public pipeline functions with the recorded
-// random draws and compares every recorded intermediate.
-void check_run(StableDiffusion& sd, const Json& cfg, const std::string& kind, const Json& run,
-               const std::string& folder, Recorder& rec) {
+}  // namespace
+
+void check_pipeline_run(StableDiffusion& sd, const Json& cfg, const std::string& kind, const Json& run,
+                        const std::string& folder, Recorder& rec, const ModelFn& model) {
   const auto path = (fs::path(folder) / run.at("file").get<std::string>()).string();
   auto ref = load_safetensors(path);
   const std::string p = kind + ".";
@@ -34,6 +35,7 @@ void check_run(StableDiffusion& sd, const Json& cfg, const std::string& kind, co
   req.height = cfg.at("height").get<int64_t>();
   req.width = cfg.at("width").get<int64_t>();
   req.steps = ref.at("timesteps").size(0);
+  req.model = model;
   const bool is_img2img = run.contains("strength");
   if (is_img2img) {
     req.strength = run.at("strength").get<double>();
@@ -73,12 +75,8 @@ void check_run(StableDiffusion& sd, const Json& cfg, const std::string& kind, co
   rec.tensor(p + "image", out.images, ref.at("image"));
 }
 
-}  // namespace
-
-void check_pipeline(const std::string& folder, Recorder& rec) {
-  const auto json_path = (fs::path(folder) / "pipeline.json").string();
-  auto cfg = read_json_file(json_path);
-  const auto& comp = cfg.at("components");
+std::shared_ptr<StableDiffusion> load_reference_pipeline(const std::string& folder, const Json& comp,
+                                                         const Target& target) {
   auto resolve = [&](const char* key) { return (fs::path(folder) / comp.at(key).get<std::string>()).lexically_normal().string(); };
   ComponentPaths paths;
   paths.tokenizer = resolve("tokenizer");
@@ -87,14 +85,20 @@ void check_pipeline(const std::string& folder, Recorder& rec) {
   paths.vae = resolve("vae");
   paths.scheduler_config = (fs::path(resolve("scheduler")) / "scheduler_config.json").string();
   PipelineOptions options;
-  options.device = rec.target().device.str();
-  options.dtype = c10::toString(rec.target().dtype) == std::string("Half")       ? "float16"
-                  : c10::toString(rec.target().dtype) == std::string("BFloat16") ? "bfloat16"
-                                                                                 : "float32";
-  auto sd = StableDiffusion::load(paths, options);
+  options.device = target.device.str();
+  options.dtype = c10::toString(target.dtype) == std::string("Half")       ? "float16"
+                  : c10::toString(target.dtype) == std::string("BFloat16") ? "bfloat16"
+                                                                           : "float32";
+  return StableDiffusion::load(paths, options);
+}
+
+void check_pipeline(const std::string& folder, Recorder& rec) {
+  const auto json_path = (fs::path(folder) / "pipeline.json").string();
+  auto cfg = read_json_file(json_path);
+  auto sd = load_reference_pipeline(folder, cfg.at("components"), rec.target());
   for (auto it = cfg.at("runs").begin(); it != cfg.at("runs").end(); ++it) {
     try {
-      check_run(*sd, cfg, it.key(), it.value(), folder, rec);
+      check_pipeline_run(*sd, cfg, it.key(), it.value(), folder, rec);
     } catch (const std::exception& e) {
       rec.failure(it.key(), e.what());
     }

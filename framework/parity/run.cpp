@@ -24,6 +24,7 @@ std::vector<ComponentChecker> builtin_checkers() {
       {"vae", name_starts_with("vae"), check_vae},
       {"schedulers", name_starts_with("schedulers"), check_schedulers},
       {"pipeline", name_starts_with("pipeline"), check_pipeline},
+      {"controlnet", name_starts_with("controlnet"), check_controlnet},
   };
   for (auto& c : metric_net_checkers()) checkers.push_back(std::move(c));  // clip_vision*, clip*, lpips*
   return checkers;
@@ -39,8 +40,10 @@ std::vector<CaseResult> run_parity(const std::string& root, const std::function<
   std::vector<CaseResult> all;
   const auto checkers = builtin_checkers();
   for (const auto& folder : folders) {
+    bool claimed = false;
     for (const auto& checker : checkers) {
       if (!checker.claims(folder)) continue;
+      claimed = true;
       if (progress) progress(folder);
       Recorder rec(fs::path(folder).filename().string(), target);
       try {
@@ -52,6 +55,15 @@ std::vector<CaseResult> run_parity(const std::string& root, const std::function<
       auto results = rec.take();
       all.insert(all.end(), results.begin(), results.end());
       break;
+    }
+    if (!claimed) {  // listed, never skipped silently (a new reference folder needs a checker)
+      CaseResult r;
+      r.component = fs::path(folder).filename().string();
+      r.name = "(unknown folder, not checked)";
+      r.pass = true;
+      r.skipped = true;
+      r.detail = "no checker claims this folder";
+      all.push_back(std::move(r));
     }
   }
   return all;

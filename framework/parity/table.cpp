@@ -10,8 +10,11 @@ namespace collage::parity {
 namespace {
 
 std::string row(const CaseResult& r, const std::string& name) {
+  if (r.skipped)
+    return fmt::format("| {:<20} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", r.component,
+                       name.substr(0, 46), "-", "-", "-", "-", "SKIP");
   const std::string tol = r.rtol > 0 || r.atol > 0 ? fmt::format("r{:.0e} a{:.0e}", r.rtol, r.atol) : "exact";
-  std::string out = fmt::format("| {:<18} | {:<46} | {:>10.3e} | {:>10.3e} | {:>10.3e} | {:>16} | {:<6} |\n", r.component,
+  std::string out = fmt::format("| {:<20} | {:<46} | {:>10.3e} | {:>10.3e} | {:>10.3e} | {:>16} | {:<6} |\n", r.component,
                                 name.substr(0, 46), r.max_abs_diff, r.max_abs_ref, r.rel, tol, r.pass ? "ok" : "FAIL");
   if (!r.pass && !r.detail.empty()) out += "    -> " + r.detail + "\n";
   return out;
@@ -26,13 +29,13 @@ size_t count_failures(const std::vector<CaseResult>& results) {
 }
 
 std::string format_table(const std::vector<CaseResult>& results, bool all_rows) {
-  std::string out = fmt::format("| {:<18} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
+  std::string out = fmt::format("| {:<20} | {:<46} | {:>10} | {:>10} | {:>10} | {:>16} | {:<6} |\n", "component", "case",
                                 "max_abs", "max|ref|", "rel", "tolerance", "status");
-  out += fmt::format("|{:-<20}|{:-<48}|{:->12}|{:->12}|{:->12}|{:->18}|{:-<8}|\n", "", "", "", "", "", "", "");
+  out += fmt::format("|{:-<22}|{:-<48}|{:->12}|{:->12}|{:->12}|{:->18}|{:-<8}|\n", "", "", "", "", "", "", "");
   std::map<std::string, std::vector<const CaseResult*>> by_component;
   for (const auto& r : results) by_component[r.component].push_back(&r);
   for (const auto& [component, rows] : by_component) {
-    if (all_rows) {
+    if (all_rows || rows.front()->skipped) {
       for (const auto* r : rows) out += row(*r, r->name);
       continue;
     }
@@ -47,8 +50,12 @@ std::string format_table(const std::vector<CaseResult>& results, bool all_rows) 
       if (!r->pass && r != worst) out += row(*r, r->name);
   }
   const size_t failures = count_failures(results);
-  out += fmt::format("\n{} cases, {} passed, {} failed\n", results.size(), results.size() - failures, failures);
-  return out;
+  size_t skipped = 0;
+  for (const auto& r : results) skipped += r.skipped;
+  out += fmt::format("\n{} cases, {} passed, {} failed", results.size() - skipped, results.size() - skipped - failures,
+                     failures);
+  if (skipped) out += fmt::format("; {} unknown folder(s) not checked", skipped);
+  return out + "\n";
 }
 
 }  // namespace collage::parity

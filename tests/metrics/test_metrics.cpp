@@ -124,7 +124,8 @@ class FakePerceptual : public PerceptualDistance {
 TEST(MetricRegistry, BuiltinsHaveNamesDescriptionsDirectionsAndNeeds) {
   const auto& r = builtin_metrics();
   EXPECT_EQ(r.names(), (std::vector<std::string>{"mask_iou", "ciede2000", "ssim", "lpips", "clip_score",
-                                                 "clip_image_similarity", "clip_layer_score", "kid", "fid"}));
+                                                 "clip_image_similarity", "clip_layer_score", "edge_f1", "kid",
+                                                 "fid"}));
   for (const auto& name : r.names()) {
     const auto& info = r.info(name);
     EXPECT_EQ(info.name, name);
@@ -689,6 +690,85 @@ TEST(Ssim, MaskedPerLayerDropsWhereTheOutputChanged) {
   EXPECT_GT(v.per_layer[1], v.per_layer[2]);
   EXPECT_NEAR(masked_mean(ssim_map(in.image, in.collage), in.visible_masks[2]), v.per_layer[2], 1e-12);
   EXPECT_TRUE(std::isnan(masked_mean(at::ones({4, 4}), at::zeros({4, 4}))));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Edge fidelity
+
+// A (10, 10) map with edge pixels at the given (y, x).
+at::Tensor edge_map(const std::vector<std::pair<int, int>>& pixels) {
+  auto e = at::zeros({10, 10}, at::kByte);
+  for (auto [y, x] : pixels) e[y][x] = 255;
+  return e;
+}
+std::vector<std::pair<int, int>> column(int x, int y0, int y1) {
+  std::vector<std::pair<int, int>> out;
+  for (int y = y0; y < y1; ++y) out.push_back({y, x});
+  return out;
+}
+
+TEST(EdgeF1, KnownEdgeMapsGiveExactValues) {
+  const auto ref = edge_map(column(3, 0, 10));
+  const auto all = at::ones({10, 10});
+  // The same line 2 px to the right: outside radius 1, inside radius 2.
+  auto shifted = edge_match(edge_map(column(5, 0, 10)), ref, all, 1);
+  EXPECT_EQ(shifted.precision, 0.0);
+  EXPECT_EQ(shifted.recall, 0.0);
+  EXPECT_EQ(shifted.f1, 0.0);
+  EXPECT_EQ(edge_match(edge_map(column(5, 0, 10)), ref, all, 2).f1, 1.0);
+  // Half of the line (rows 0..4) plus a spurious pixel far away; radius 1 also reaches row 5.
+  auto half = column(3, 0, 5);
+  half.push_back({9, 9});
+  auto m = edge_match(edge_map(half), ref, all, 1);
+  EXPECT_DOUBLE_EQ(m.recall, 6.0 / 10.0);
+  EXPECT_DOUBLE_EQ(m.precision, 5.0 / 6.0);
+  EXPECT_DOUBLE_EQ(m.f1, 30.0 / 43.0);
+  EXPECT_EQ(m.ref_edges, 10.0);
+  EXPECT_EQ(m.out_edges, 6.0);
+  // Inside the left half only, the spurious pixel does not count.
+  auto left = at::zeros({10, 10});
+  left.slice(1, 0, 5).fill_(1.0);
+  auto ml = edge_match(edge_map(half), ref, left, 1);
+  EXPECT_DOUBLE_EQ(ml.precision, 1.0);
+  EXPECT_DOUBLE_EQ(ml.f1, 2 * 0.6 / 1.6);
+  // Diagonal neighbours are at distance sqrt(2): matched at radius 2, not at radius 1.
+  EXPECT_EQ(edge_match(edge_map({{4, 4}}), edge_map({{5, 5}}), all, 1).f1, 0.0);
+  EXPECT_EQ(edge_match(edge_map({{4, 4}}), edge_map({{5, 5}}), all, 2).f1, 1.0);
+  // No collage edge in the region: nothing to hold (NaN); no output edge: precision 0, F1 0.
+  EXPECT_TRUE(std::isnan(edge_match(ref, edge_map({}), all, 1).f1));
+  auto none = edge_match(edge_map({}), ref, all, 1);
+  EXPECT_EQ(none.precision, 0.0);
+  EXPECT_EQ(none.f1, 0.0);
+  // Soft weights count fractionally.
+  auto w = at::full({10, 10}, 0.5);
+  EXPECT_DOUBLE_EQ(edge_match(edge_map(half), ref, w, 1).ref_edges, 5.0);
+  EXPECT_EQ(edge_radius(512, 512), 2);
+  EXPECT_EQ(edge_radius(64, 64), 1);
+  EXPECT_EQ(edge_radius(768, 1024), 3);
+  expect_error([&] { edge_match(ref, ref, at::ones({5, 5}), 1); });
+}
+
+TEST(EdgeF1, PerLayerThroughTheRegistry) {
+  auto in = three_layer_input();
+  auto same = score_image(in, {"edge_f1"}, {}).at("edge_f1");
+  ASSERT_FALSE(same.skipped) << same.skip_reason;
+  ASSERT_EQ(same.per_layer.size(), 3u);
+  for (double v : same.per_layer)
+    if (!std::isnan(v)) EXPECT_EQ(v, 1.0);
+  EXPECT_EQ(same.per_layer[1], 1.0);
+  EXPECT_EQ(same.per_layer[2], 1.0);
+  EXPECT_EQ(same.value, 1.0);
+  EXPECT_EQ(same.extras.at("whole_image"), 1.0);
+  EXPECT_EQ(same.extras.at("radius_px"), 1.0);
+  // Flatten the blue box (layer 2) into the meadow colour: its edges go, the red box keeps its own.
+  auto blue = rect_alpha(32, 32, 10, 10, 24, 24).unsqueeze(0);
+  in.image = in.collage * (1 - blue) + solid(32, 32, 0.2, 0.6, 0.3) * blue;
+  auto changed = score_image(in, {"edge_f1"}, {}).at("edge_f1");
+  EXPECT_LT(changed.per_layer[2], 0.5);  // only its border with the red box is left
+  EXPECT_GT(changed.per_layer[1], 0.8);
+  EXPECT_LT(changed.extras.at("whole_image"), 1.0);
+  EXPECT_EQ(changed.value, (changed.per_layer[1] + changed.per_layer[2]) / 2);  // layer 0 is the background
+  expect_error([] { builtin_metrics().create("edge_f1", Json{{"radius", 2}}); });
 }
 
 // ------------------------------------------------------------------------------------------------
