@@ -12,6 +12,7 @@
 #include "cli/common.h"
 #include "collage/collage.h"
 #include "core/core.h"
+#include "datasets/collage_datasets.h"
 #include "datasets/shapesworld/shapesworld.h"
 #include "metrics/metrics.h"
 
@@ -162,8 +163,8 @@ void add_score_commands(CLI::App& app, GlobalOptions& global) {
     out["collage"] = collage.where();
     out["layers"] = labels;
     out["segmenter"] = setup.segmenter_name;
-    if (setup.context.embedder) out["clip"] = clip_dir;
-    if (setup.context.perceptual) out["lpips"] = Json{{"folder", lpips_dir}, {"net", a->models.lpips_net}};
+    if (setup.context.embedder) out["clip"] = setup.clip_dir;
+    if (setup.context.perceptual) out["lpips"] = Json{{"folder", setup.lpips_dir}, {"net", a->models.lpips_net}};
     out["framework"] = framework_version() + " (" + git_revision() + ")";
     out["scores"] = cm::to_json(scores);
     std::string json_path = a->json;

@@ -213,20 +213,43 @@ ExperimentConfig load_config(const std::string& path) {
   return parse_config_text(ss.str(), path);
 }
 
-ExperimentConfig parse_config(const Json& j, const std::string& path) {
-  COLLAGE_CHECK_AT(j.is_object(), path, "", "an experiment config must be a JSON object");
-  ExperimentConfig c;
-  c.path = path;
-  c.json = j;
-  static const std::set<std::string> known = {"dataset", "model",   "seeds",     "steps",   "guidance",
-                                              "scheduler", "negative_prompt", "metrics", "segmenter", "clip", "clip_tokenizer",
-                                              "lpips",   "save",    "runs",      "max_collages", "description", "editing",
-                                              "claims"};
-  for (auto it = j.begin(); it != j.end(); ++it)
-    if (!known.count(it.key()) && it.key().rfind("_", 0) != 0)
-      throw Error(fmt::format("unknown key (valid keys: {})", fmt::join(known, ", ")), path, it.key());
-  JsonReader r(j, path);
-  // ---- dataset
+namespace {
+
+// dataset.generate: a ShapesWorld collage dataset made in memory.
+void parse_generated_dataset(const Json& g, const std::string& path, ExperimentConfig& c) {
+  COLLAGE_CHECK_AT(g.is_object(), path, "dataset.generate", "must be an object {{world, n, seed, size}}");
+  JsonReader gr(g, path, "dataset.generate.");
+  c.dataset.generate = true;
+  c.dataset.world = gr.get<std::string>("world", "shapesworld");
+  c.dataset.n = gr.get<int64_t>("n", 8);
+  c.dataset.seed = gr.get<uint64_t>("seed", 0);
+  c.dataset.size = gr.get<int64_t>("size", 64);
+  c.dataset.kept_strength = gr.get<double>("kept_strength", -1.0);
+  c.dataset.unnamed_probability = gr.get<double>("unnamed_probability", 0.5);
+  c.dataset.unnamed_colour_probability = gr.get<double>("unnamed_colour_probability", 0.0);
+  c.dataset.w_pos = gr.get<double>("w_pos", 1.0);
+  for (const auto& k : gr.unused_keys())
+    throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability, "
+                "unnamed_colour_probability, w_pos)",
+                path, "dataset.generate." + k);
+  COLLAGE_CHECK_AT(c.dataset.kept_strength < 0 || c.dataset.kept_strength <= 1, path, "dataset.generate.kept_strength",
+                   "must be in [0, 1] (or negative: no kept layer), got {}", c.dataset.kept_strength);
+  COLLAGE_CHECK_AT(c.dataset.unnamed_probability >= 0 && c.dataset.unnamed_probability <= 1, path,
+                   "dataset.generate.unnamed_probability", "must be in [0, 1], got {}",
+                   c.dataset.unnamed_probability);
+  COLLAGE_CHECK_AT(c.dataset.unnamed_colour_probability >= 0 && c.dataset.unnamed_colour_probability <= 1, path,
+                   "dataset.generate.unnamed_colour_probability", "must be in [0, 1], got {}",
+                   c.dataset.unnamed_colour_probability);
+  COLLAGE_CHECK_AT(c.dataset.w_pos >= 0 && c.dataset.w_pos <= 1, path, "dataset.generate.w_pos",
+                   "must be in [0, 1], got {}", c.dataset.w_pos);
+  COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
+                   "unknown world '{}' (valid: shapesworld)", c.dataset.world);
+  COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
+  COLLAGE_CHECK_AT(c.dataset.size >= 16 && c.dataset.size % 8 == 0, path, "dataset.generate.size",
+                   "must be a multiple of 8, at least 16");
+}
+
+void parse_dataset(const Json& j, const std::string& path, ExperimentConfig& c) {
   COLLAGE_CHECK_AT(j.contains("dataset"), path, "dataset", "required key is missing");
   const Json& d = j["dataset"];
   if (d.is_string()) {
@@ -239,42 +262,15 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     COLLAGE_CHECK_AT(fs::is_directory(p), path, "dataset", "dataset folder '{}' does not exist", folder);
     c.dataset.folder = p.string();
   } else if (d.is_object() && d.contains("generate")) {
-    const Json& g = d["generate"];
-    COLLAGE_CHECK_AT(g.is_object(), path, "dataset.generate", "must be an object {{world, n, seed, size}}");
-    JsonReader gr(g, path, "dataset.generate.");
-    c.dataset.generate = true;
-    c.dataset.world = gr.get<std::string>("world", "shapesworld");
-    c.dataset.n = gr.get<int64_t>("n", 8);
-    c.dataset.seed = gr.get<uint64_t>("seed", 0);
-    c.dataset.size = gr.get<int64_t>("size", 64);
-    c.dataset.kept_strength = gr.get<double>("kept_strength", -1.0);
-    c.dataset.unnamed_probability = gr.get<double>("unnamed_probability", 0.5);
-    c.dataset.unnamed_colour_probability = gr.get<double>("unnamed_colour_probability", 0.0);
-    c.dataset.w_pos = gr.get<double>("w_pos", 1.0);
-    for (const auto& k : gr.unused_keys())
-      throw Error("unknown key (valid: world, n, seed, size, kept_strength, unnamed_probability, "
-                  "unnamed_colour_probability, w_pos)",
-                  path, "dataset.generate." + k);
-    COLLAGE_CHECK_AT(c.dataset.kept_strength < 0 || c.dataset.kept_strength <= 1, path, "dataset.generate.kept_strength",
-                     "must be in [0, 1] (or negative: no kept layer), got {}", c.dataset.kept_strength);
-    COLLAGE_CHECK_AT(c.dataset.unnamed_probability >= 0 && c.dataset.unnamed_probability <= 1, path,
-                     "dataset.generate.unnamed_probability", "must be in [0, 1], got {}",
-                     c.dataset.unnamed_probability);
-    COLLAGE_CHECK_AT(c.dataset.unnamed_colour_probability >= 0 && c.dataset.unnamed_colour_probability <= 1, path,
-                     "dataset.generate.unnamed_colour_probability", "must be in [0, 1], got {}",
-                     c.dataset.unnamed_colour_probability);
-    COLLAGE_CHECK_AT(c.dataset.w_pos >= 0 && c.dataset.w_pos <= 1, path, "dataset.generate.w_pos",
-                     "must be in [0, 1], got {}", c.dataset.w_pos);
-    COLLAGE_CHECK_AT(c.dataset.world == "shapesworld", path, "dataset.generate.world",
-                     "unknown world '{}' (valid: shapesworld)", c.dataset.world);
-    COLLAGE_CHECK_AT(c.dataset.n > 0, path, "dataset.generate.n", "must be positive");
-    COLLAGE_CHECK_AT(c.dataset.size >= 16 && c.dataset.size % 8 == 0, path, "dataset.generate.size",
-                     "must be a multiple of 8, at least 16");
+    parse_generated_dataset(d["generate"], path, c);
   } else {
     throw Error("expected a dataset folder or {\"generate\": {\"world\": \"shapesworld\", \"n\": 8, \"seed\": 0}}",
                 path, "dataset");
   }
-  // ---- settings
+}
+
+void parse_sampling_settings(const Json& j, const std::string& path, ExperimentConfig& c) {
+  JsonReader r(j, path);
   c.model = r.get<std::string>("model", "");
   if (j.contains("seeds")) {
     const Json& s = j["seeds"];
@@ -296,7 +292,9 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
   c.lpips = r.get<std::string>("lpips", "");
   c.clip_tokenizer = r.get<std::string>("clip_tokenizer", "");
   c.limit_collages = r.get<int64_t>("max_collages", -1);
-  // ---- metrics
+}
+
+void parse_metric_list(const Json& j, const std::string& path, ExperimentConfig& c) {
   const auto& reg = metrics::builtin_metrics();
   if (j.contains("metrics")) {
     const Json& m = j["metrics"];
@@ -312,7 +310,9 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
       c.metrics.push_back(name);
     }
   }
-  // ---- save
+}
+
+void parse_save(const Json& j, const std::string& path, ExperimentConfig& c) {
   if (j.contains("save")) {
     const Json& s = j["save"];
     COLLAGE_CHECK_AT(s.is_object(), path, "save", "must be an object {{latents, attention, noise_map}}");
@@ -323,7 +323,78 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
     for (const auto& k : sr.unused_keys())
       throw Error("unknown key (valid: latents, attention, noise_map)", path, "save." + k);
   }
-  // ---- runs
+}
+
+// runs[i]: one run, or a grid expanded to its Cartesian product; a run spelled twice is kept once.
+void parse_run(const Json& run, size_t i, const std::string& path, int64_t editing_start, std::set<std::string>& ids,
+               ExperimentConfig& c) {
+  const std::string where = fmt::format("runs[{}]", i);
+  COLLAGE_CHECK_AT(run.is_object(), path, where, "a run is an object {{method, params, grid}}");
+  for (auto it = run.begin(); it != run.end(); ++it)
+    if (it.key() != "method" && it.key() != "params" && it.key() != "grid" && it.key().rfind("_", 0) != 0)
+      throw Error("unknown key (valid: method, params, grid)", path, where + "." + it.key());
+  COLLAGE_CHECK_AT(run.contains("method") && run["method"].is_string(), path, where + ".method",
+                   "required: a method spec string such as \"sdedit+ca\"");
+  const std::string method = run["method"].get<std::string>();
+  Json params = run.value("params", Json::object());
+  COLLAGE_CHECK_AT(params.is_object(), path, where + ".params", "must be an object of parameter values");
+  Json grid = run.value("grid", Json::object());
+  COLLAGE_CHECK_AT(grid.is_object(), path, where + ".grid", "must be an object {{parameter: [values...]}}");
+  std::vector<std::pair<std::string, Json>> axes;
+  for (auto it = grid.begin(); it != grid.end(); ++it) {
+    const std::string key = where + ".grid." + it.key();
+    COLLAGE_CHECK_AT(it.value().is_array(), path, key, "a grid entry must be a list of values, got {}",
+                     it.value().dump());
+    COLLAGE_CHECK_AT(!it.value().empty(), path, key, "the grid list is empty");
+    COLLAGE_CHECK_AT(!params.contains(it.key()), path, key, "set both in params and in grid");
+    axes.emplace_back(it.key(), it.value());
+  }
+  // Cartesian product, the first axis varying slowest.
+  std::vector<Json> points{Json::object()};
+  for (const auto& [name, values] : axes) {
+    std::vector<Json> next;
+    for (const auto& p : points)
+      for (const auto& v : values) {
+        Json q = p;
+        q[name] = v;
+        next.push_back(q);
+      }
+    points = std::move(next);
+  }
+  COLLAGE_CHECK_AT(editing_start != int64_t(i) || points.size() == 1,
+                   path, "editing.start_run", "runs[{}] has a grid ({} runs): the editing chains start from one run",
+                   i, points.size());
+  for (const auto& point : points) {
+    Json all = params;
+    for (auto it = point.begin(); it != point.end(); ++it) all[it.key()] = it.value();
+    MethodSpec spec;
+    try {
+      spec = MethodSpec::parse(method, all, path);
+    } catch (const Error& e) {
+      rethrow_spec_error(e, path, where, grid);
+    }
+    RunSpec rs;
+    rs.method = spec.text;
+    rs.params = spec.params;
+    rs.overrides = all;
+    rs.id = run_id(spec);
+    rs.where = where;
+    rs.label = spec.text;
+    for (auto it = all.begin(); it != all.end(); ++it) rs.label += " " + it.key() + "=" + value_text(it.value());
+    if (ids.count(rs.id)) {  // the same run twice (e.g. a default repeated in a grid): run once
+      if (editing_start == int64_t(i))
+        for (size_t k = 0; k < c.runs.size(); ++k)
+          if (c.runs[k].id == rs.id) c.editing.start_run = k;
+      continue;
+    }
+    ids.insert(rs.id);
+    if (editing_start == int64_t(i))
+      c.editing.start_run = c.runs.size();
+    c.runs.push_back(std::move(rs));
+  }
+}
+
+void parse_runs(const Json& j, const std::string& path, ExperimentConfig& c) {
   COLLAGE_CHECK_AT(j.contains("runs"), path, "runs", "required key is missing");
   const Json& runs = j["runs"];
   COLLAGE_CHECK_AT(runs.is_array() && !runs.empty(), path, "runs", "must be a non-empty list of runs");
@@ -332,73 +403,28 @@ ExperimentConfig parse_config(const Json& j, const std::string& path) {
                                         j["editing"]["start_run"].is_number_integer()
                                     ? j["editing"]["start_run"].get<int64_t>()
                                     : -1;
-  for (size_t i = 0; i < runs.size(); ++i) {
-    const std::string where = fmt::format("runs[{}]", i);
-    const Json& run = runs[i];
-    COLLAGE_CHECK_AT(run.is_object(), path, where, "a run is an object {{method, params, grid}}");
-    for (auto it = run.begin(); it != run.end(); ++it)
-      if (it.key() != "method" && it.key() != "params" && it.key() != "grid" && it.key().rfind("_", 0) != 0)
-        throw Error("unknown key (valid: method, params, grid)", path, where + "." + it.key());
-    COLLAGE_CHECK_AT(run.contains("method") && run["method"].is_string(), path, where + ".method",
-                     "required: a method spec string such as \"sdedit+ca\"");
-    const std::string method = run["method"].get<std::string>();
-    Json params = run.value("params", Json::object());
-    COLLAGE_CHECK_AT(params.is_object(), path, where + ".params", "must be an object of parameter values");
-    Json grid = run.value("grid", Json::object());
-    COLLAGE_CHECK_AT(grid.is_object(), path, where + ".grid", "must be an object {{parameter: [values...]}}");
-    std::vector<std::pair<std::string, Json>> axes;
-    for (auto it = grid.begin(); it != grid.end(); ++it) {
-      const std::string key = where + ".grid." + it.key();
-      COLLAGE_CHECK_AT(it.value().is_array(), path, key, "a grid entry must be a list of values, got {}",
-                       it.value().dump());
-      COLLAGE_CHECK_AT(!it.value().empty(), path, key, "the grid list is empty");
-      COLLAGE_CHECK_AT(!params.contains(it.key()), path, key, "set both in params and in grid");
-      axes.emplace_back(it.key(), it.value());
-    }
-    // Cartesian product, the first axis varying slowest.
-    std::vector<Json> points{Json::object()};
-    for (const auto& [name, values] : axes) {
-      std::vector<Json> next;
-      for (const auto& p : points)
-        for (const auto& v : values) {
-          Json q = p;
-          q[name] = v;
-          next.push_back(q);
-        }
-      points = std::move(next);
-    }
-    COLLAGE_CHECK_AT(editing_start != int64_t(i) || points.size() == 1,
-                     path, "editing.start_run", "runs[{}] has a grid ({} runs): the editing chains start from one run",
-                     i, points.size());
-    for (const auto& point : points) {
-      Json all = params;
-      for (auto it = point.begin(); it != point.end(); ++it) all[it.key()] = it.value();
-      MethodSpec spec;
-      try {
-        spec = MethodSpec::parse(method, all, path);
-      } catch (const Error& e) {
-        rethrow_spec_error(e, path, where, grid);
-      }
-      RunSpec rs;
-      rs.method = spec.text;
-      rs.params = spec.params;
-      rs.overrides = all;
-      rs.id = run_id(spec);
-      rs.where = where;
-      rs.label = spec.text;
-      for (auto it = all.begin(); it != all.end(); ++it) rs.label += " " + it.key() + "=" + value_text(it.value());
-      if (ids.count(rs.id)) {  // the same run twice (e.g. a default repeated in a grid): run once
-        if (editing_start == int64_t(i))
-          for (size_t k = 0; k < c.runs.size(); ++k)
-            if (c.runs[k].id == rs.id) c.editing.start_run = k;
-        continue;
-      }
-      ids.insert(rs.id);
-      if (editing_start == int64_t(i))
-        c.editing.start_run = c.runs.size();
-      c.runs.push_back(std::move(rs));
-    }
-  }
+  for (size_t i = 0; i < runs.size(); ++i) parse_run(runs[i], i, path, editing_start, ids, c);
+}
+
+}  // namespace
+
+ExperimentConfig parse_config(const Json& j, const std::string& path) {
+  COLLAGE_CHECK_AT(j.is_object(), path, "", "an experiment config must be a JSON object");
+  ExperimentConfig c;
+  c.path = path;
+  c.json = j;
+  static const std::set<std::string> known = {"dataset", "model",   "seeds",     "steps",   "guidance",
+                                              "scheduler", "negative_prompt", "metrics", "segmenter", "clip", "clip_tokenizer",
+                                              "lpips",   "save",    "runs",      "max_collages", "description", "editing",
+                                              "claims"};
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!known.count(it.key()) && it.key().rfind("_", 0) != 0)
+      throw Error(fmt::format("unknown key (valid keys: {})", fmt::join(known, ", ")), path, it.key());
+  parse_dataset(j, path, c);
+  parse_sampling_settings(j, path, c);
+  parse_metric_list(j, path, c);
+  parse_save(j, path, c);
+  parse_runs(j, path, c);
   if (j.contains("editing")) parse_editing(j["editing"], path, c);
   if (j.contains("claims")) {
     std::vector<std::string> labels;

@@ -232,6 +232,261 @@ std::string sweep_item_name(const std::string& collage, const std::string& run_i
   return item_name(collage, run_id, seed);
 }
 
+namespace {
+
+// The sweep's models, loaded once: the pipeline, the metric models and the segmenters made so far.
+struct SweepModels {
+  std::shared_ptr<StableDiffusion> sd;
+  cm::ModelSetup base_setup;
+  std::map<std::string, std::shared_ptr<cm::Segmenter>> segmenters;
+  cm::SegmenterRegistry seg_registry = cm::all_segmenters();
+};
+
+// What an editing round starts from: the previous round's pick, the layer regenerated now.
+struct EditingInput {
+  std::string from;          // item name of the pick ("" = the chain cannot continue)
+  at::Tensor previous_image; // (3, H, W) in [0, 1], as stored
+  at::Tensor keep;           // 1 - the regenerated layer's visible mask
+  int64_t layer = -1;
+};
+
+// The model of the sweep: --model, else the config's, else the embedded default; checked before any work.
+std::string sweep_model(const ExperimentConfig& config, const SweepOptions& options) {
+  std::string model = options.model_override.empty() ? resolve_path(config.model, config.path) : options.model_override;
+  if (model.empty()) model = find_shipped("assets/shapesworld/model", "model_index.json");
+  COLLAGE_CHECK_AT(!model.empty(), config.path, "model",
+                   "no model given and no embedded default model found in assets/shapesworld/model");
+  COLLAGE_CHECK_AT(fs::exists(fs::path(model) / "model_index.json"), config.path, "model",
+                   "'{}' is not a diffusers pipeline folder (no model_index.json)", model);
+  return model;
+}
+
+// Creates the store, or resumes it: the settings must match, incomplete items left by a kill are removed.
+void open_store(const ExperimentConfig& config, const SweepOptions& options, const std::vector<NamedCollage>& collages,
+                const std::string& model, const std::function<void(const std::string&)>& log) {
+  if (!fs::path(options.out).parent_path().empty()) fs::create_directories(fs::path(options.out).parent_path());
+  Json settings = config.settings();
+  settings["model"] = model;
+  h5::Handle file;
+  if (fs::exists(options.out)) {
+    file = h5::open_file(options.out, true);
+    COLLAGE_CHECK_AT(h5::has_attr(file, "settings"), options.out, "", "not a sweep store (no 'settings' attribute)");
+    const Json old = Json::parse(h5::attr_string(file, "settings"));
+    for (auto it = settings.begin(); it != settings.end(); ++it)
+      COLLAGE_CHECK_AT(old.contains(it.key()) && old[it.key()] == it.value(), options.out, it.key(),
+                       "the store was written with {} = {}, this config has {}: use another --out", it.key(),
+                       old.value(it.key(), Json()).dump(), it.value().dump());
+    int64_t removed = 0;
+    for (const auto& name : h5::children(file, "items"))
+      if (!item_complete(file, name)) {
+        h5::remove(file, "items/" + name);
+        ++removed;
+      }
+    if (removed) log(fmt::format("removed {} incomplete item(s) left by an interrupted sweep", removed));
+  } else {
+    file = h5::create_file(options.out);
+    h5::set_attr(file, "config", config.json.dump(2));
+    h5::set_attr(file, "config_path", config.path);
+    h5::set_attr(file, "settings", settings.dump());
+    h5::set_attr(file, "model", model);
+    h5::set_attr(file, "framework_version", framework_version());
+    h5::set_attr(file, "git_revision", git_revision());
+    h5::set_attr(file, "metrics", Json(config.metrics).dump());
+  }
+  for (const auto& r : config.runs) write_run_entry(file, r);
+  for (size_t r = 0; r < config.editing.rounds.size(); ++r) write_run_entry(file, config.editing.rounds[r], int64_t(r) + 1);
+  for (const auto& nc : collages) write_collage_entry(file, nc);
+  H5Fflush(file, H5F_SCOPE_GLOBAL);
+}
+
+// The units whose items are not all complete in the store.
+std::vector<SweepUnit> pending_units(const ExperimentConfig& config, const std::string& store,
+                                     const std::vector<NamedCollage>& collages, const std::vector<SweepUnit>& units,
+                                     int64_t& done_before) {
+  std::vector<SweepUnit> todo;
+  h5::Handle file = h5::open_file(store, false);
+  for (const auto& u : units) {
+    bool done = true;
+    for (auto seed : config.seeds)
+      done = done && item_complete(file, item_name(collages[u.collage].name, sweep_unit_run(config, u).id, seed));
+    if (done)
+      ++done_before;
+    else
+      todo.push_back(u);
+  }
+  return todo;
+}
+
+SweepModels load_models(const ExperimentConfig& config, const SweepOptions& options, const std::string& model) {
+  SweepModels m;
+  PipelineOptions po;
+  po.device = options.device;
+  po.dtype = options.dtype;
+  m.sd = StableDiffusion::load(model, po);
+  cm::MetricModelPaths metric_paths;
+  metric_paths.clip = resolve_path(config.clip, config.path);
+  metric_paths.clip_tokenizer = resolve_path(config.clip_tokenizer, config.path);
+  metric_paths.lpips = resolve_path(config.lpips, config.path);
+  m.base_setup = cm::load_metric_models(config.metrics, metric_paths);
+  return m;
+}
+
+// The pick of the previous round of this unit's editing chain (read from the store) and the layer of this round.
+EditingInput editing_input(const ExperimentConfig& config, const std::string& store, const NamedCollage& nc,
+                           const SweepUnit& unit) {
+  const auto& ed = config.editing;
+  EditingInput in;
+  const std::string prev_run = unit.round == 1 ? config.runs[ed.start_run].id : ed.rounds[size_t(unit.round - 2)].id;
+  {
+    h5::Handle file = h5::open_file(store, false);
+    in.from = pick_item(file, nc.name, prev_run, config.seeds, ed);
+    if (!in.from.empty()) in.previous_image = read_item_image(file, in.from);
+  }
+  if (in.from.empty()) return in;
+  std::vector<int64_t> cycle = ed.layers;
+  if (cycle.empty())
+    for (int64_t l = 1; l < int64_t(nc.collage.layers.size()); ++l) cycle.push_back(l);
+  if (cycle.empty()) cycle.push_back(0);
+  in.layer = cycle[size_t(unit.round - 1) % cycle.size()];
+  in.keep = 1 - visible_masks(place_layers(nc.collage))[in.layer].unsqueeze(0);
+  return in;
+}
+
+// One item per seed of a unit's output: the stored (8-bit) image, its scores and the saved artefacts.
+std::vector<ItemRecord> score_items(const ExperimentConfig& config, SweepModels& models, const NamedCollage& nc,
+                                    const RunSpec& run, const MethodOutput& out, const Json& extra,
+                                    const EditingInput& edit) {
+  const auto& names = config.metrics;
+  std::vector<ItemRecord> records;
+  for (size_t b = 0; b < config.seeds.size(); ++b) {
+    ItemRecord r;
+    r.collage = nc.name;
+    r.run_id = run.id;
+    r.method = run.method;
+    r.label = run.label;
+    r.seed = config.seeds[b];
+    r.name = item_name(nc.name, run.id, r.seed);
+    r.params = run.params;
+    r.extra = extra;
+    // Scored as stored (8-bit), so that the scores are a function of the stored image: rescoring the file
+    // reproduces them, and a resumed editing chain picks exactly as an uninterrupted one.
+    r.image = to_uint8_hwc(out.images[static_cast<int64_t>(b)].to(at::kCPU, at::kFloat).clamp(0, 1))
+                  .permute({2, 0, 1})
+                  .to(at::kFloat) / 255.0;
+    if (!names.empty()) {
+      auto input = cm::score_input_from_collage(nc.collage, r.image);
+      cm::ModelSetup setup = models.base_setup;
+      if (needs_any(names, cm::Need::segmenter)) {
+        std::string seg = config.segmenter == "auto" ? cm::auto_segmenter_name(input) : config.segmenter;
+        if (!models.segmenters.count(seg)) models.segmenters[seg] = models.seg_registry.create(seg, Json::object());
+        setup.segmenter_name = seg;
+        setup.context.segmenter = models.segmenters[seg];
+      }
+      r.scores = cm::score_with_setup(input, names, setup);
+    }
+    if (!edit.from.empty()) {
+      r.params["edit_from"] = "items/" + edit.from;
+      r.params["edit_regenerate"] = std::to_string(edit.layer);
+      // How much of what was kept changed: mean absolute difference to the edited image, weighted by
+      // 1 - the regenerated layer's visible mask (0 = the rest stayed exactly as it was).
+      const double change = ((r.image - edit.previous_image).abs() * edit.keep).sum().item<double>() /
+                            std::max(1e-9, 3.0 * edit.keep.sum().item<double>());
+      cm::MetricValue mv;
+      mv.value = change;
+      r.scores["edit_outside_change"] = mv;
+    }
+    if (config.save_latents && out.latents.defined()) r.latents = out.latents[static_cast<int64_t>(b)];
+    if (config.save_noise_map && out.artefacts.count("noise_map"))
+      r.noise_map = out.artefacts.at("noise_map").to(at::kCPU, at::kFloat).squeeze();
+    if (config.save_attention && out.artefacts.count("attention"))
+      r.attention = out.artefacts.at("attention")[static_cast<int64_t>(b)];
+    records.push_back(std::move(r));
+  }
+  return records;
+}
+
+// Writes a unit's items at once: open, write every seed's item, flush, close (a kill loses at most this unit).
+void write_unit(const std::string& store, std::vector<ItemRecord>& records, const Json& timings, SweepSummary& summary) {
+  h5::Handle file = h5::open_file(store, true);
+  for (auto& r : records) {
+    r.timings = timings;
+    write_item(file, r);
+    ++summary.items_written;
+  }
+  H5Fflush(file, H5F_SCOPE_GLOBAL);
+}
+
+// The editing round's pick (what the next round edits), marked before "complete" is written.
+void mark_pick(const EditingSpec& ed, std::vector<ItemRecord>& records) {
+  std::vector<double> values;
+  for (const auto& r : records) {
+    auto it = r.scores.find(ed.pick);
+    values.push_back(it != r.scores.end() && !it->second.skipped ? it->second.value : cm::kNaN);
+  }
+  const size_t best = best_index(values, ed.pick_higher);
+  for (size_t b = 0; b < records.size(); ++b) records[b].extra["picked"] = int64_t(b == best);
+}
+
+// One unit: run the method on the collage for every seed (an editing round continues from its previous pick, handed
+// over in memory), score and write. Returns false when an editing chain cannot continue.
+bool run_sweep_unit(const ExperimentConfig& config, const SweepOptions& options, SweepModels& models,
+                    const NamedCollage& nc, const SweepUnit& unit, const std::string& cache_dir,
+                    const std::function<void(const std::string&)>& log, SweepSummary& summary, double& unit_seconds,
+                    double& method_s, double& scoring_s) {
+  const auto& run = sweep_unit_run(config, unit);
+  const double t_unit = now();
+  Json params = run.params;
+  Json extra = Json::object();
+  EditingInput edit;
+  RunSettings rs;
+  if (unit.round > 0) {
+    edit = editing_input(config, options.out, nc, unit);
+    if (edit.from.empty()) return false;
+    params["edit_from"] = "items/" + edit.from;
+    params["edit_regenerate"] = std::to_string(edit.layer);
+    rs.images["edit_from"] = edit.previous_image;
+    extra["round"] = unit.round;
+    extra["regenerated_layer"] = edit.layer;
+    extra["edit_from_item"] = edit.from;
+  }
+  rs.seeds = config.seeds;
+  rs.steps = config.steps;
+  rs.guidance_scale = config.guidance;
+  rs.scheduler = config.scheduler;
+  rs.negative_prompt = config.negative_prompt;
+  rs.record_attention = config.save_attention;
+  rs.cache_dir = cache_dir;
+  if (!options.quiet) rs.log = [&](const std::string& s) { log("    " + s); };
+  Method method(MethodSpec::parse(run.method, params, config.path + ": " + run.where));
+  MethodOutput out;
+  try {
+    out = method.run(nc.collage, *models.sd, rs);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{} on collage {}: {}", run.label, nc.name, e.what()), config.path, run.where);
+  }
+  method_s = out.timings.count("total") ? out.timings.at("total") : now() - t_unit;
+  summary.method_s += method_s;
+  const double t_score = now();
+  auto records = score_items(config, models, nc, run, out, extra, edit);
+  scoring_s = now() - t_score;
+  summary.scoring_s += scoring_s;
+  Json timings = Json::object();
+  for (const auto& [key, v] : out.timings) timings["method_" + key] = v;
+  timings["method_total"] = method_s;
+  timings["scoring"] = scoring_s;
+  timings["unit_wall"] = now() - t_unit;
+  timings["batch"] = config.seeds.size();
+  if (unit.round > 0) mark_pick(config.editing, records);
+  const double t_write = now();
+  write_unit(options.out, records, timings, summary);
+  summary.write_s += now() - t_write;
+  ++summary.units_run;
+  unit_seconds = now() - t_unit;
+  return true;
+}
+
+}  // namespace
+
 SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& options) {
   const double t_start = now();
   SweepSummary summary;
@@ -239,15 +494,9 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
   COLLAGE_CHECK_AT(!options.out.empty(), "", "--out", "no output file given");
   COLLAGE_CHECK_AT(options.shard_count >= 1 && options.shard_index >= 0 && options.shard_index < options.shard_count,
                    "", "--shard", "bad shard {}/{}", options.shard_index, options.shard_count);
-  // ---- everything that can fail cheaply, before any model work
+  // ---- expand: everything that can fail cheaply, before any model work
   const auto collages = load_dataset(config);
-  std::string model = options.model_override.empty() ? resolve_path(config.model, config.path) : options.model_override;
-  if (model.empty()) model = find_shipped("assets/shapesworld/model", "model_index.json");
-  COLLAGE_CHECK_AT(!model.empty(), config.path, "model",
-                   "no model given and no embedded default model found in assets/shapesworld/model");
-  COLLAGE_CHECK_AT(fs::exists(fs::path(model) / "model_index.json"), config.path, "model",
-                   "'{}' is not a diffusers pipeline folder (no model_index.json)", model);
-
+  const std::string model = sweep_model(config, options);
   const auto& ed = config.editing;
   for (size_t c = 0; c < collages.size(); ++c) {
     const int64_t L = static_cast<int64_t>(collages[c].collage.layers.size());
@@ -255,85 +504,22 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
       COLLAGE_CHECK_AT(!ed.enabled || l < L, config.path, "editing.layers",
                        "layer {} does not exist in collage {} ({} layers)", l, collages[c].name, L);
   }
-  using Unit = SweepUnit;
-  auto unit_run = [&](const Unit& u) -> const RunSpec& { return sweep_unit_run(config, u); };
-  const std::vector<Unit> units = sweep_units(config, collages.size(), options.shard_index, options.shard_count);
+  const auto units = sweep_units(config, collages.size(), options.shard_index, options.shard_count);
   summary.units_total = static_cast<int64_t>(units.size());
-
-  // ---- the store: create or resume
-  if (!fs::path(options.out).parent_path().empty()) fs::create_directories(fs::path(options.out).parent_path());
-  Json settings = config.settings();
-  settings["model"] = model;
-  {
-    h5::Handle file;
-    if (fs::exists(options.out)) {
-      file = h5::open_file(options.out, true);
-      COLLAGE_CHECK_AT(h5::has_attr(file, "settings"), options.out, "", "not a sweep store (no 'settings' attribute)");
-      const Json old = Json::parse(h5::attr_string(file, "settings"));
-      for (auto it = settings.begin(); it != settings.end(); ++it)
-        COLLAGE_CHECK_AT(old.contains(it.key()) && old[it.key()] == it.value(), options.out, it.key(),
-                         "the store was written with {} = {}, this config has {}: use another --out",
-                         it.key(), old.value(it.key(), Json()).dump(), it.value().dump());
-      int64_t removed = 0;
-      for (const auto& name : h5::children(file, "items"))
-        if (!item_complete(file, name)) {
-          h5::remove(file, "items/" + name);
-          ++removed;
-        }
-      if (removed) log(fmt::format("removed {} incomplete item(s) left by an interrupted sweep", removed));
-    } else {
-      file = h5::create_file(options.out);
-      h5::set_attr(file, "config", config.json.dump(2));
-      h5::set_attr(file, "config_path", config.path);
-      h5::set_attr(file, "settings", settings.dump());
-      h5::set_attr(file, "model", model);
-      h5::set_attr(file, "framework_version", framework_version());
-      h5::set_attr(file, "git_revision", git_revision());
-      h5::set_attr(file, "metrics", Json(config.metrics).dump());
-    }
-    for (const auto& r : config.runs) write_run_entry(file, r);
-    for (size_t r = 0; r < ed.rounds.size(); ++r) write_run_entry(file, ed.rounds[r], int64_t(r) + 1);
-    for (const auto& nc : collages) write_collage_entry(file, nc);
-    H5Fflush(file, H5F_SCOPE_GLOBAL);
-  }
-
-  std::vector<Unit> todo;
-  {
-    h5::Handle file = h5::open_file(options.out, false);
-    for (const auto& u : units) {
-      bool done = true;
-      for (auto seed : config.seeds)
-        done = done && item_complete(file, item_name(collages[u.collage].name, unit_run(u).id, seed));
-      if (done)
-        ++summary.units_done_before;
-      else
-        todo.push_back(u);
-    }
-  }
+  // ---- open the store
+  open_store(config, options, collages, model, log);
+  auto todo = pending_units(config, options.out, collages, units, summary.units_done_before);
   if (options.limit >= 0 && static_cast<int64_t>(todo.size()) > options.limit) todo.resize(static_cast<size_t>(options.limit));
   log(fmt::format("sweep {}: {} collages x {} runs{} x {} seeds; shard {}/{}: {} units, {} done, {} to run now",
                   config.path, collages.size(), config.runs.size(),
                   ed.enabled ? fmt::format(" + {} editing rounds", ed.rounds.size()) : "", config.seeds.size(),
                   options.shard_index, options.shard_count, units.size(), summary.units_done_before, todo.size()));
-
+  // ---- run the units
   if (!todo.empty()) {
-    // ---- models, once
     const double t_load = now();
-    PipelineOptions po;
-    po.device = options.device;
-    po.dtype = options.dtype;
-    auto sd = StableDiffusion::load(model, po);
-    const auto& names = config.metrics;
-    cm::MetricModelPaths metric_paths;
-    metric_paths.clip = resolve_path(config.clip, config.path);
-    metric_paths.clip_tokenizer = resolve_path(config.clip_tokenizer, config.path);
-    metric_paths.lpips = resolve_path(config.lpips, config.path);
-    const cm::ModelSetup base_setup = cm::load_metric_models(names, metric_paths);
-    std::map<std::string, std::shared_ptr<cm::Segmenter>> segmenters;
-    const auto seg_registry = cm::all_segmenters();
+    auto models = load_models(config, options, model);
     summary.load_s = now() - t_load;
     log(fmt::format("loaded {} and the metric models in {:.1f} s", model, summary.load_s));
-
     std::string cache_dir = options.cache_dir;
     if (cache_dir.empty()) {
       auto p = fs::path(options.out);
@@ -342,148 +528,27 @@ SweepSummary run_sweep(const ExperimentConfig& config, const SweepOptions& optio
     const double t_loop = now();
     std::set<size_t> broken_chains;  // collages whose editing chain cannot continue (a round is missing)
     for (size_t k = 0; k < todo.size(); ++k) {
-      const Unit& unit = todo[k];
+      const auto& unit = todo[k];
       const auto& nc = collages[unit.collage];
-      const auto& run = unit_run(unit);
-      const double t_unit = now();
-      // ---- editing round: the previous round's pick, the layer regenerated now
-      Json params = run.params;
-      Json extra = Json::object();
-      at::Tensor previous_image, keep;  // keep: 1 - the regenerated layer's visible mask
-      int64_t layer = -1;
-      if (unit.round > 0) {
-        if (broken_chains.count(unit.collage)) continue;
-        const std::string prev_run = unit.round == 1 ? config.runs[ed.start_run].id : ed.rounds[size_t(unit.round - 2)].id;
-        std::string from;
-        {
-          h5::Handle file = h5::open_file(options.out, false);
-          from = pick_item(file, nc.name, prev_run, config.seeds, ed);
-          if (!from.empty()) previous_image = read_item_image(file, from);
-        }
-        if (from.empty()) {  // e.g. --limit or another shard stopped before the start run of this collage
-          log(fmt::format("[{}/{}] {} | {}: skipped: the previous round ({}) is not complete in the store", k + 1,
-                          todo.size(), nc.name, run.label, prev_run));
-          broken_chains.insert(unit.collage);
-          continue;
-        }
-        std::vector<int64_t> cycle = ed.layers;
-        if (cycle.empty())
-          for (int64_t l = 1; l < int64_t(nc.collage.layers.size()); ++l) cycle.push_back(l);
-        if (cycle.empty()) cycle.push_back(0);
-        layer = cycle[size_t(unit.round - 1) % cycle.size()];
-        keep = 1 - visible_masks(place_layers(nc.collage))[layer].unsqueeze(0);
-        const auto png = fs::path(cache_dir) / "editing" / (from + ".png");
-        fs::create_directories(png.parent_path());
-        write_image(png.string(), previous_image);
-        params["edit_from"] = png.string();
-        params["edit_regenerate"] = std::to_string(layer);
-        extra["round"] = unit.round;
-        extra["regenerated_layer"] = layer;
-        extra["edit_from_item"] = from;
+      const auto& run = sweep_unit_run(config, unit);
+      if (unit.round > 0 && broken_chains.count(unit.collage)) continue;
+      double unit_s = 0, method_s = 0, scoring_s = 0;
+      if (!run_sweep_unit(config, options, models, nc, unit, cache_dir, log, summary, unit_s, method_s, scoring_s)) {
+        // e.g. --limit or another shard stopped before the start run of this collage
+        log(fmt::format("[{}/{}] {} | {}: skipped: the previous round is not complete in the store", k + 1, todo.size(),
+                        nc.name, run.label));
+        broken_chains.insert(unit.collage);
+        continue;
       }
-      RunSettings rs;
-      rs.seeds = config.seeds;
-      rs.steps = config.steps;
-      rs.guidance_scale = config.guidance;
-      rs.scheduler = config.scheduler;
-      rs.negative_prompt = config.negative_prompt;
-      rs.record_attention = config.save_attention;
-      rs.cache_dir = cache_dir;
-      if (!options.quiet) rs.log = [&](const std::string& s) { log("    " + s); };
-      Method method(MethodSpec::parse(run.method, params, config.path + ": " + run.where));
-      MethodOutput out;
-      try {
-        out = method.run(nc.collage, *sd, rs);
-      } catch (const Error& e) {
-        throw Error(fmt::format("{} on collage {}: {}", run.label, nc.name, e.what()), config.path, run.where);
-      }
-      const double method_s = out.timings.count("total") ? out.timings.at("total") : now() - t_unit;
-      summary.method_s += method_s;
-      // ---- score
-      const double t_score = now();
-      std::vector<ItemRecord> records;
-      for (size_t b = 0; b < config.seeds.size(); ++b) {
-        ItemRecord r;
-        r.collage = nc.name;
-        r.run_id = run.id;
-        r.method = run.method;
-        r.label = run.label;
-        r.seed = config.seeds[b];
-        r.name = item_name(nc.name, run.id, r.seed);
-        r.params = run.params;
-        r.extra = extra;
-        // Scored as stored (8-bit), so that the scores are a function of the stored image: rescoring the file
-        // reproduces them, and a resumed editing chain picks exactly as an uninterrupted one.
-        r.image = to_uint8_hwc(out.images[static_cast<int64_t>(b)].to(at::kCPU, at::kFloat).clamp(0, 1))
-                      .permute({2, 0, 1})
-                      .to(at::kFloat) / 255.0;
-        if (!names.empty()) {
-          auto input = cm::score_input_from_collage(nc.collage, r.image);
-          cm::ModelSetup setup = base_setup;
-          if (needs_any(names, cm::Need::segmenter)) {
-            std::string seg = config.segmenter == "auto" ? cm::auto_segmenter_name(input) : config.segmenter;
-            if (!segmenters.count(seg)) segmenters[seg] = seg_registry.create(seg, Json::object());
-            setup.segmenter_name = seg;
-            setup.context.segmenter = segmenters[seg];
-          }
-          r.scores = cm::score_with_setup(input, names, setup);
-        }
-        if (unit.round > 0) {
-          r.params["edit_from"] = "items/" + extra["edit_from_item"].get<std::string>();
-          r.params["edit_regenerate"] = std::to_string(layer);
-          // How much of what was kept changed: mean absolute difference to the edited image, weighted by
-          // 1 - the regenerated layer's visible mask (0 = the rest stayed exactly as it was).
-          const double change = ((r.image - previous_image).abs() * keep).sum().item<double>() /
-                                std::max(1e-9, 3.0 * keep.sum().item<double>());
-          cm::MetricValue mv;
-          mv.value = change;
-          r.scores["edit_outside_change"] = mv;
-        }
-        if (config.save_latents && out.latents.defined()) r.latents = out.latents[static_cast<int64_t>(b)];
-        if (config.save_noise_map && out.artefacts.count("noise_map"))
-          r.noise_map = out.artefacts.at("noise_map").to(at::kCPU, at::kFloat).squeeze();
-        if (config.save_attention && out.artefacts.count("attention"))
-          r.attention = out.artefacts.at("attention")[static_cast<int64_t>(b)];
-        records.push_back(std::move(r));
-      }
-      const double scoring_s = now() - t_score;
-      summary.scoring_s += scoring_s;
-      Json timings = Json::object();
-      for (const auto& [key, v] : out.timings) timings["method_" + key] = v;
-      timings["method_total"] = method_s;
-      timings["scoring"] = scoring_s;
-      timings["unit_wall"] = now() - t_unit;
-      timings["batch"] = config.seeds.size();
-      if (unit.round > 0) {  // the pick of this round (what the next round edits), before "complete" is written
-        std::vector<double> values;
-        for (const auto& r : records) {
-          auto it = r.scores.find(ed.pick);
-          values.push_back(it != r.scores.end() && !it->second.skipped ? it->second.value : cm::kNaN);
-        }
-        const size_t best = best_index(values, ed.pick_higher);
-        for (size_t b = 0; b < records.size(); ++b) records[b].extra["picked"] = int64_t(b == best);
-      }
-      // ---- write: open, write every seed's item, flush, close (a kill loses at most this unit)
-      const double t_write = now();
-      {
-        h5::Handle file = h5::open_file(options.out, true);
-        for (auto& r : records) {
-          r.timings = timings;
-          write_item(file, r);
-          ++summary.items_written;
-        }
-        H5Fflush(file, H5F_SCOPE_GLOBAL);
-      }
-      summary.write_s += now() - t_write;
-      ++summary.units_run;
       const double elapsed = now() - t_loop;
       const double eta = elapsed / static_cast<double>(k + 1) * static_cast<double>(todo.size() - k - 1);
       log(fmt::format("[{}/{}] {} | {} ({}): {:.1f} s (method {:.1f} s, scoring {:.2f} s); elapsed {:.0f} s, ETA {:.0f} s",
-                      k + 1, todo.size(), nc.name, run.label, run.id, now() - t_unit, method_s, scoring_s, elapsed, eta));
+                      k + 1, todo.size(), nc.name, run.label, run.id, unit_s, method_s, scoring_s, elapsed, eta));
     }
-    log(fmt::format("prompt encodings: {} reused from the cache, {} computed", sd->prompt_cache_hits,
-                    sd->prompt_cache_misses));
+    log(fmt::format("prompt encodings: {} reused from the cache, {} computed", models.sd->prompt_cache_hits,
+                    models.sd->prompt_cache_misses));
   }
+  // ---- write the scores table
   rebuild_scores_table(options.out);
   summary.wall_s = now() - t_start;
   log(fmt::format("done: {} units run ({} items), {} already present; wall {:.1f} s = model/metric loading {:.1f} s + "
