@@ -74,7 +74,8 @@ class ControlNetModifier : public Component {
     ControlNetModel net(ControlNetModelImpl::load(folder));
     net->to(ctx.sd.device, ctx.sd.dtype);
     net->eval();
-    return loaded_[key] = net;
+    loaded_.emplace(key, net);
+    return net;
   }
 
   mutable std::mutex mutex_;
