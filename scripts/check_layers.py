@@ -32,6 +32,8 @@ MODULES = {
     # Method plugins compile into the methods module (COLLAGE_PLUGIN_DIRS).
     "plugins": ("experiments/plugins", [], ["methods"]),
 }
+# First components of the include prefixes ("core", "models", ..., "metrics", "datasets").
+PREFIXES = {(f[len("framework/"):] if f.startswith("framework/") else f).split("/")[0] for f, _, _ in MODULES.values()}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
@@ -109,6 +111,10 @@ def main():
                     if not m:
                         continue
                     target = include_target(m.group(1))
+                    first = m.group(1).split("/")[0]
+                    if target is None and first in PREFIXES and "/" in m.group(1):
+                        problems.append(f"{rel}:{lineno}: {m.group(1)} is in no module folder (moved or removed?)")
+                        continue
                     if target is None or target == name:
                         continue
                     edges.setdefault(name, set()).add(target)

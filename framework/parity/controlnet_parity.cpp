@@ -8,7 +8,7 @@
 
 #include "core/core.h"
 #include "diffusion/diffusion.h"
-#include "metrics/nets/clip_model.h"  // pil_resize: the pipelines' Lanczos resize of the control image
+#include "nets/nets.h"  // pil_resize: the pipelines' Lanczos resize of the control image
 #include "models/models.h"
 #include "parity/parity.h"
 #include "parity/pipeline_run.h"
