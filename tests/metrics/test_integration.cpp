@@ -161,7 +161,7 @@ TEST(Integration, ExampleCollageAgainstItself) {
   setup.context.embedder = golden_clip();
   setup.context.perceptual = cm::LpipsDistance::load(test::golden("lpips"), LpipsNet::Alex);
   const auto names = cm::per_image_metric_names();
-  EXPECT_EQ(names.size(), 7u);
+  EXPECT_EQ(names.size(), 8u);
   auto s = cm::score_with_setup(in, names, setup);
   for (const auto& n : names) EXPECT_FALSE(s.at(n).skipped) << n << ": " << s.at(n).skip_reason;
   for (const auto& n : names) std::cout << "  " << n << " = " << s.at(n).value << "\n";
@@ -170,6 +170,7 @@ TEST(Integration, ExampleCollageAgainstItself) {
   // layer's own colour: small, not 0 (the hard-alpha version below is exactly 0).
   EXPECT_LT(s.at("ciede2000").value, 3.0);
   EXPECT_NEAR(s.at("ssim").value, 1.0, 1e-9);
+  EXPECT_NEAR(s.at("edge_f1").value, 1.0, 1e-9);  // the collage's own edges, all found
   EXPECT_NEAR(s.at("lpips").value, 0.0, 1e-6);
   EXPECT_NEAR(s.at("clip_image_similarity").value, 100.0, 1e-3);
   EXPECT_TRUE(std::isfinite(s.at("clip_score").extras.at("raw")));
