@@ -82,11 +82,15 @@ TEST(SequentialAdditionPlugin, RunsOnePassPerLayerAndKeepsTheRest) {
   EXPECT_NEAR(map.max().item<double>(), 0.8, 1e-6);
   EXPECT_NEAR(map.narrow(0, 0, 16).narrow(1, 0, 16).abs().max().item<double>(), 0.0, 1e-9);
   const auto& x0 = out.artefacts.at("init_latents");
-  auto top_left = [](const at::Tensor& t) { return t.narrow(2, 0, 2).narrow(3, 0, 2); };  // 16x16 canvas px
-  EXPECT_TRUE(at::equal(top_left(out.latents.cpu()), top_left(x0)));
+  const int64_t f = 32 / out.latents.size(2);  // the VAE factor
+  auto region = [f](const at::Tensor& t, int64_t y, int64_t x, int64_t side) {  // canvas pixels -> latent cells
+    return t.narrow(2, y / f, side / f).narrow(3, x / f, side / f);
+  };
+  const auto latents = out.latents.cpu();
+  EXPECT_TRUE(at::equal(region(latents, 12, 12, 6), region(x0, 12, 12, 6)));  // between the squares
+  EXPECT_TRUE(at::equal(region(latents, 2, 2, 8), region(x0, 2, 2, 8)));      // the red square, added earlier
   // ...and changed the blue square's latents.
-  auto bottom_right = [](const at::Tensor& t) { return t.narrow(2, 2, 2).narrow(3, 2, 2); };
-  EXPECT_GT((bottom_right(out.latents.cpu()) - bottom_right(x0)).abs().max().item<double>(), 1e-3);
+  EXPECT_GT((region(latents, 24, 24, 4) - region(x0, 24, 24, 4)).abs().max().item<double>(), 1e-3);
 }
 
 TEST(SequentialAdditionPlugin, ALayerAtStrengthZeroIsPastedWithoutAPass) {
