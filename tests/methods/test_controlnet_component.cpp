@@ -5,34 +5,14 @@
 #include <torch/torch.h>
 
 #include "methods/methods.h"
-#include "test_util.h"
+#include "tiny_pipeline.h"
 
 using namespace collage;
 
 namespace {
 
-std::shared_ptr<StableDiffusion> tiny() {
-  static std::shared_ptr<StableDiffusion> sd = [] {
-    ComponentPaths p;
-    p.tokenizer = test::golden("tokenizer");
-    p.text_encoder = test::golden("text_encoder_sd1");
-    p.unet = test::golden("unet_sd1");
-    p.vae = test::golden("vae");
-    p.scheduler_config = test::golden("pipeline/scheduler/scheduler_config.json");
-    return StableDiffusion::load(p);
-  }();
-  return sd;
-}
-
 Layer square_layer(const std::string& text, int64_t size, float r, float g, float b, double x, double y, double cs) {
-  Layer l;
-  l.text = text;
-  l.rgba = at::ones({4, size, size});
-  l.rgba[0].fill_(r);
-  l.rgba[1].fill_(g);
-  l.rgba[2].fill_(b);
-  l.transform.x = x;
-  l.transform.y = y;
+  Layer l = test::square_layer(text, size, r, g, b, x, y);
   l.control_strength = cs;
   return l;
 }
@@ -64,7 +44,7 @@ Json cn_params(Json extra = Json::object()) {
 }  // namespace
 
 TEST(ControlNetComponent, ScaleMapIsVisibleMaskTimesLayerStrength) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto out = create_method("sdedit+cn", cn_params({{"cn_scale", 0.5}}))->run(scene(1.0, 0.0), *sd, settings());
   const auto& map = out.artefacts.at("control_scale");
   const auto& visible = out.artefacts.at("visible_masks");
@@ -76,7 +56,7 @@ TEST(ControlNetComponent, ScaleMapIsVisibleMaskTimesLayerStrength) {
 }
 
 TEST(ControlNetComponent, StrengthZeroIsPlainSdeditAndALayerActsOnlyWhereItIs) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto plain = create_method("sdedit", {{"strength", 0.7}})->run(scene(0, 0), *sd, settings());
   auto zero = create_method("sdedit+cn", cn_params())->run(scene(0, 0), *sd, settings());
   EXPECT_TRUE(at::equal(plain.latents, zero.latents));
@@ -91,7 +71,7 @@ TEST(ControlNetComponent, ComposesAndNamesAMissingModel) {
   EXPECT_NO_THROW(MethodSpec::parse("edit+cn", {{"edit_from", "x.png"}, {"edit_regenerate", "1"}}));
   auto msg = test::expect_error([] { MethodSpec::parse("cn", {{"cn_low", 300.0}}); });
   EXPECT_NE(msg.find("cn_low"), std::string::npos) << msg;
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   msg = test::expect_error(
       [&] { create_method("sdedit+cn", {{"cn_model", "/no/such/controlnet"}})->run(scene(1, 0), *sd, settings()); });
   EXPECT_NE(msg.find("/no/such/controlnet"), std::string::npos) << msg;

@@ -5,25 +5,12 @@
 
 #include "core/core.h"
 #include "methods/methods.h"
-#include "test_util.h"
+#include "tiny_pipeline.h"
 
 using namespace collage;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::shared_ptr<StableDiffusion> tiny() {
-  static std::shared_ptr<StableDiffusion> sd = [] {
-    ComponentPaths p;
-    p.tokenizer = test::golden("tokenizer");
-    p.text_encoder = test::golden("text_encoder_sd1");
-    p.unet = test::golden("unet_sd1");
-    p.vae = test::golden("vae");
-    p.scheduler_config = test::golden("pipeline/scheduler/scheduler_config.json");
-    return StableDiffusion::load(p);
-  }();
-  return sd;
-}
 
 at::Tensor square(int64_t size, std::array<float, 3> colour) {
   auto t = at::ones({4, size, size});
@@ -167,7 +154,7 @@ TEST(CrossAttention, BiasesOnlyConditionalRowsAndLayerTokens) {
 }
 
 TEST(CrossAttention, StrongPositiveWeightConcentratesLayerAttentionInItsMask) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto c = scene();
   auto rs = settings({1, 2});
   rs.record_attention = true;
@@ -196,7 +183,7 @@ TEST(CrossAttention, StrongPositiveWeightConcentratesLayerAttentionInItsMask) {
 }
 
 TEST(LayerNoise, StrengthZeroLayerKeepsItsLatentsAndPixelsStartOnTime) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto c = scene();
   c.layers[0].noise_strength = 0.9;
   c.layers[1].noise_strength = 0.0;  // keep the red square exactly
@@ -230,7 +217,7 @@ TEST(LayerNoise, StrengthZeroLayerKeepsItsLatentsAndPixelsStartOnTime) {
 }
 
 TEST(TextualInversion, LearnsOnlyTheNewRowAndIsCached) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto c = scene();
   auto cache = test::temp_dir("ti_cache");
   auto rs = settings({3}, 4);
@@ -265,7 +252,7 @@ TEST(TextualInversion, LearnsOnlyTheNewRowAndIsCached) {
 }
 
 TEST(Editing, KeepsOtherLayersAndRegeneratesTheChosenOne) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto c = scene();
   auto dir = test::temp_dir("edit");
   auto base = create_method("sdedit", {{"strength", 0.5}})->run(c, *sd, settings({7}, 10));
@@ -304,7 +291,7 @@ TEST(Editing, KeepsOtherLayersAndRegeneratesTheChosenOne) {
 }
 
 TEST(Methods, BaselinesAndBasesRun) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto c = scene();
   auto rs = settings({1, 2}, 6);
   auto flat = create_method("flatten")->run(c, *sd, rs);

@@ -5,34 +5,14 @@
 #include <torch/torch.h>
 
 #include "methods/methods.h"
-#include "test_util.h"
+#include "tiny_pipeline.h"
 
 using namespace collage;
 
 namespace {
 
-std::shared_ptr<StableDiffusion> tiny() {
-  static std::shared_ptr<StableDiffusion> sd = [] {
-    ComponentPaths p;
-    p.tokenizer = test::golden("tokenizer");
-    p.text_encoder = test::golden("text_encoder_sd1");
-    p.unet = test::golden("unet_sd1");
-    p.vae = test::golden("vae");
-    p.scheduler_config = test::golden("pipeline/scheduler/scheduler_config.json");
-    return StableDiffusion::load(p);
-  }();
-  return sd;
-}
-
 Layer square_layer(const std::string& text, int64_t size, float r, float g, float b, double x, double y, double s) {
-  Layer l;
-  l.text = text;
-  l.rgba = at::ones({4, size, size});
-  l.rgba[0].fill_(r);
-  l.rgba[1].fill_(g);
-  l.rgba[2].fill_(b);
-  l.transform.x = x;
-  l.transform.y = y;
+  Layer l = test::square_layer(text, size, r, g, b, x, y);
   l.noise_strength = s;
   return l;
 }
@@ -70,7 +50,7 @@ TEST(SequentialAdditionPlugin, IsRegisteredAsABase) {
 }
 
 TEST(SequentialAdditionPlugin, RunsOnePassPerLayerAndKeepsTheRest) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   torch::manual_seed(0);
   auto out = create_method("sequential", {{"seq_blur", 0.0}})->run(scene(0.8, 0.8), *sd, settings());
   ASSERT_EQ(out.images.sizes(), (at::IntArrayRef{2, 3, 32, 32}));
@@ -94,7 +74,7 @@ TEST(SequentialAdditionPlugin, RunsOnePassPerLayerAndKeepsTheRest) {
 }
 
 TEST(SequentialAdditionPlugin, ALayerAtStrengthZeroIsPastedWithoutAPass) {
-  auto sd = tiny();
+  auto sd = test::tiny_pipeline();
   auto out = create_method("sequential")->run(scene(0.8, 0.0), *sd, settings());
   EXPECT_TRUE(out.artefacts.count("sequential_step.1"));
   EXPECT_FALSE(out.artefacts.count("sequential_step.2"));
